@@ -1,0 +1,125 @@
+"""Garbage collection: reclaim record versions that no view can see.
+
+A version of a record, born at epoch b and superseded at epoch s (the birth of
+the next newer version; "now" for the newest), is visible to readers at
+epochs [b, s). It is needed while the view is live and it is the newest, or
+while some pin epoch falls in [b, s). Everything else goes. A dead view (a
+deleted fork or snapshot) that nothing pins any more goes entirely.
+
+Views are queued for collection (`G<view>` keys) whenever a pin on them is
+released or they die; `collect` works through the queue in bounded
+transactions so the daemon can interleave it with requests.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+
+from . import codec
+from .codec import EPOCH_MAX, KIND_ATTR, TOMBSTONE, birth_of, u32
+from .kv import prefix_end
+from .views import Store, Tx
+
+BATCH = 2000  # records examined per transaction
+
+
+def collect(store: Store, everything: bool = False) -> dict[str, int]:
+    """Run until the queue is empty (or, with `everything`, over every view)."""
+    stats = {"views": 0, "versions": 0, "dropped_views": 0}
+    for _ in collect_steps(store, everything, stats):
+        pass
+    return stats
+
+
+def collect_steps(store: Store, everything: bool = False,
+                  stats: dict[str, int] | None = None) -> Iterator[None]:
+    """Generator form: each step is one committed transaction."""
+    stats = stats if stats is not None else {"views": 0, "versions": 0, "dropped_views": 0}
+    with store.read() as tx:
+        if everything:
+            queue = [codec.read_u32(k, 1) for k, _ in tx.txn.scan(b"V", b"W")]
+        else:
+            queue = [codec.read_u32(k, 1) for k, _ in tx.txn.scan(b"G", b"H")]
+    for vid in queue:
+        stats["views"] += 1
+        resume: bytes | None = b""
+        while resume is not None:
+            with store.write() as tx:
+                resume = _collect_view(tx, vid, resume, stats)
+                if resume is None:
+                    tx.txn.delete(b"G" + u32(vid))
+            yield
+
+
+def _collect_view(tx: Tx, vid: int, start: bytes, stats: dict[str, int]) -> bytes | None:
+    if not tx.view_exists(vid):
+        return None
+    v = tx.view(vid)
+    dead = v.kind == "dead"
+    pins = sorted({e for e, _ in tx.pins(vid)})
+    if dead and not pins:
+        _drop_view(tx, vid)
+        stats["dropped_views"] += 1
+        return None
+    base = codec.rec_prefix(vid)
+    end = prefix_end(base)
+    seen = 0
+    cursor = base + start
+    while True:
+        first = tx.txn.first(cursor, end)
+        if first is None:
+            return None
+        ino_prefix = first[0][: len(base) + 8]
+        versions = list(tx.txn.scan(ino_prefix, prefix_end(ino_prefix)))
+        stats["versions"] += _collect_inode(tx, v.chain != [], dead, pins, len(base), versions)
+        seen += len(versions)
+        cursor = prefix_end(ino_prefix)
+        if seen >= BATCH:
+            return cursor[len(base):]
+
+
+def _collect_inode(tx: Tx, has_lower: bool, dead: bool, pins: list[int], n: int,
+                   versions: list[tuple[bytes, bytes]]) -> int:
+    groups: dict[bytes, list[tuple[int, bytes, bytes]]] = {}
+    for k, val in versions:
+        groups.setdefault(k[:-8], []).append((birth_of(k), k, val))
+    # Once the inode itself is deleted (newest attr version a tombstone), none
+    # of its other records is visible after that epoch.
+    dead_after = EPOCH_MAX
+    for rec, vs in groups.items():
+        if rec[n + 8:n + 9] == KIND_ATTR and vs[0][2] == TOMBSTONE:
+            dead_after = vs[0][0]
+    dropped = 0
+    for rec, vs in groups.items():
+        is_attr = rec[n + 8:n + 9] == KIND_ATTR
+        kept_older = False
+        for i in range(len(vs) - 1, -1, -1):  # oldest first
+            b, key, val = vs[i]
+            until = vs[i - 1][0] if i > 0 else EPOCH_MAX
+            if not is_attr:
+                until = min(until, max(dead_after, b))
+            current = until == EPOCH_MAX and not dead
+            needed = current or _pinned_between(pins, b, until)
+            if val == TOMBSTONE and not (kept_older or has_lower):
+                needed = False
+            if needed:
+                kept_older = True
+            else:
+                tx.txn.delete(key)
+                dropped += 1
+    return dropped
+
+
+def _pinned_between(pins: list[int], lo: int, hi: int) -> bool:
+    i = bisect.bisect_left(pins, lo)
+    return i < len(pins) and pins[i] < hi
+
+
+def _drop_view(tx: Tx, vid: int) -> None:
+    for prefix in (codec.rec_prefix(vid), b"S" + u32(vid), b"O" + u32(vid),
+                   b"C" + u32(vid), b"m" + u32(vid), b"G" + u32(vid)):
+        for k, _ in list(tx.txn.scan(prefix, prefix_end(prefix))):
+            tx.txn.delete(k)
+    tx.txn.delete(codec.view_key(vid))
+    tx.store._views.pop(vid, None)

@@ -1,0 +1,50 @@
+"""Per-process error strings for control files (Plan 9's errstr).
+
+A shell that runs `echo cmd > ctl || cat errstr` writes from the shell
+process and reads from a child, so a reader also sees the errors of its
+ancestors; failing that, the most recent error of anyone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+MAX_PIDS = 1024
+ANCESTORS = 6
+
+
+def parent_pid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = data[data.rfind(b")") + 2:].split()
+    return int(fields[1]) if len(fields) > 1 else 0
+
+
+class ErrorLog:
+    def __init__(self) -> None:
+        self.by_pid: OrderedDict[int, str] = OrderedDict()
+        self.last = ""
+
+    def record(self, pid: int, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        line = f"{stamp} {message}"
+        self.last = line
+        self.by_pid[pid] = line
+        self.by_pid.move_to_end(pid)
+        while len(self.by_pid) > MAX_PIDS:
+            self.by_pid.popitem(last=False)
+
+    def for_pid(self, pid: int) -> str:
+        p = pid
+        for _ in range(ANCESTORS):
+            if p <= 1:
+                break
+            if p in self.by_pid:
+                return self.by_pid[p] + "\n"
+            p = parent_pid(p)
+        return self.last + "\n" if self.last else ""

@@ -1,0 +1,198 @@
+"""Mount lifecycle: checks, store lock, trio main loop, signals, sd_notify."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from agentfs.fs import FileSystem
+from agentfs.gc import collect_steps
+from agentfs.kv import LmdbEngine
+
+from .operations import Operations
+
+log = logging.getLogger("agentfs.daemon")
+
+
+class MountError(Exception):
+    """A reason not to mount, for the user."""
+
+
+def is_mountpoint(path: str) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def check_mountpoint(path: str) -> None:
+    if not os.path.isdir(path):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if is_mountpoint(path):
+        raise MountError(f"{path} is already a mount point")
+    if os.listdir(path):
+        raise MountError(f"mountpoint {path} is not empty")
+
+
+def lock_store(store: Path, mountpoint: str) -> int:
+    """Hold an exclusive lock on the store for the daemon's life."""
+    store.mkdir(parents=True, exist_ok=True)
+    fd = os.open(store / "agentfs.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise MountError(f"store {store} is already mounted ({holder})")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {os.path.realpath(mountpoint)}\n".encode(), 0)
+    return fd
+
+
+def sd_notify(state: str) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        with contextlib.suppress(OSError):
+            s.sendto(state.encode(), addr)
+
+
+def mount_options(fsname: str) -> set[str]:
+    opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    opts |= {f"fsname={fsname}", "subtype=agentfs"}
+    if os.getuid() == 0 or _user_allow_other():
+        opts.add("allow_other")
+    return opts
+
+
+def _user_allow_other() -> bool:
+    try:
+        with open("/etc/fuse.conf") as f:
+            return any(line.strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
+
+
+async def _run(ops: Operations, ready: callable | None) -> None:  # type: ignore[valid-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        nursery.start_soon(_collect_garbage, ops)
+        sd_notify("READY=1")
+        if ready is not None:
+            ready()
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async for sig in sigs:
+            log.info("signal %d: unmounting", sig)
+            sd_notify("STOPPING=1")
+            pyfuse3.terminate()
+            return
+
+
+async def _collect_garbage(ops: Operations) -> None:
+    """Reclaim dead versions in small steps between requests."""
+    while True:
+        await trio.sleep(2)
+        if not ops.gc_wanted:
+            continue
+        ops.gc_wanted = False
+        try:
+            for _ in collect_steps(ops.fs.store):
+                await trio.sleep(0)
+        except Exception:
+            log.exception("background gc failed; will retry")
+            ops.gc_wanted = True
+
+
+def run_mount(mountpoint: str, store: Path, ready: callable | None = None,  # type: ignore[valid-type]
+              debug: bool = False) -> None:
+    """Mount and serve until unmounted or signalled. Raises MountError."""
+    check_mountpoint(mountpoint)
+    lock_fd = lock_store(store, mountpoint)
+    engine = LmdbEngine(store / "lmdb")
+    try:
+        fs = FileSystem(engine)
+        freed = fs.free_orphans()
+        if freed:
+            log.info("freed %d inodes unlinked while open before the last shutdown", freed)
+        ops = Operations(fs, str(store))
+        with fs.store.read() as tx:
+            ops.gc_wanted = tx.txn.first(b"G", b"H") is not None
+        try:
+            pyfuse3.init(ops, mountpoint, mount_options(f"agentfs:{store}"))
+        except RuntimeError as e:
+            raise MountError(f"cannot mount {mountpoint}: {e}")
+        ok = False
+        try:
+            trio.run(_run, ops, ready)
+            ok = True
+        finally:
+            pyfuse3.close(unmount=True)
+            if not ok:
+                log.error("main loop failed; store left consistent (last committed state)")
+    finally:
+        engine.close()
+        os.close(lock_fd)
+
+
+def daemonize_and_mount(mountpoint: str, store: Path, debug: bool = False) -> int:
+    """Fork, mount in the child, and return once the mount is live (or failed)."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as r:
+            msg = r.read().decode()
+        if msg.startswith("ok"):
+            return 0
+        sys.stderr.write(msg or "agentfs: daemon exited before mounting\n")
+        return 1
+    os.close(rfd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    logdir = store
+    logdir.mkdir(parents=True, exist_ok=True)
+    logfd = os.open(logdir / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(logfd, 1)
+    os.dup2(logfd, 2)
+
+    def ready() -> None:
+        os.write(wfd, b"ok\n")
+        os.close(wfd)
+
+    code = 0
+    try:
+        run_mount(mountpoint, store, ready, debug)
+    except MountError as e:
+        with contextlib.suppress(OSError):
+            os.write(wfd, f"agentfs: {e}\n".encode())
+        code = 1
+    except BaseException as e:  # noqa: BLE001 - report anything to the waiting parent
+        with contextlib.suppress(OSError):
+            os.write(wfd, f"agentfs: daemon failed: {e!r}\n".encode())
+        log.exception("daemon failed")
+        code = 1
+    os._exit(code)
+
+
+def errno_name(code: int) -> str:
+    return errno.errorcode.get(code, str(code))

@@ -1,0 +1,435 @@
+"""pyfuse3 Operations: translate requests to the model, count lookups, map errors.
+
+Kept thin on purpose: every decision about the filesystem lives in
+`agentfs.fs`. This module only knows about the kernel: entry/attr timeouts,
+lookup counts, file handles, and the few virtual inodes that have no record
+in the store (`DIR/.snapshots/`, `/.agentfs/` and its control files).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from agentfs.codec import Attr
+from agentfs.control import run_command
+from agentfs.errors import FsError
+from agentfs.fs import CTLDIR, ROOT_INO, SNAPDIR, FileSystem, SetAttr
+from agentfs.kv import NoSpace
+
+from .errstr import ErrorLog
+
+log = logging.getLogger("agentfs.daemon")
+
+ENTRY_TIMEOUT = 60.0  # the daemon is the only writer: let the kernel cache
+VIRTUAL = 1 << 63
+CTLDIR_INO = VIRTUAL | 1
+CTL_INO = VIRTUAL | 2
+ERRSTR_INO = VIRTUAL | 3
+CTL_FILES = {b"ctl": CTL_INO, b"errstr": ERRSTR_INO}
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def fuse_errors(fn: F) -> F:
+    """The one place errors become errnos: pyfuse3 only survives FUSEError."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as e:
+            raise pyfuse3.FUSEError(e.errno)
+        except NoSpace:
+            log.warning("store full: %s refused with ENOSPC", fn.__name__)
+            raise pyfuse3.FUSEError(errno.ENOSPC)
+        except Exception:
+            log.exception("unexpected error in %s%r", fn.__name__, args[1:])
+            raise pyfuse3.FUSEError(errno.EIO)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Handle:
+    __slots__ = ("ino", "buf", "flags", "pid")
+
+    def __init__(self, ino: int, flags: int = 0, pid: int = 0) -> None:
+        self.ino = ino
+        self.flags = flags
+        self.pid = pid  # who opened it: write() has no request context
+        self.buf = b""
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: FileSystem, store_path: str, invalidate: Callable[[int, bytes, int], None]
+                 | None = None) -> None:
+        super().__init__()
+        self.fs = fs
+        self.store_path = store_path
+        self.lookups: dict[int, int] = {}
+        self.handles: dict[int, Handle] = {}
+        self.next_fh = 1
+        self.errors = ErrorLog()
+        self.snapdirs: dict[int, int] = {}  # virtual .snapshots inode -> its directory
+        self.snapdir_of: dict[int, int] = {}
+        self.invalidate = invalidate or (lambda parent, name, child: None)
+        self.gc_wanted = False
+
+    # ----------------------------------------------------------- helpers
+
+    def _entry(self, a: Attr, timeout: float = ENTRY_TIMEOUT) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = a.ino
+        e.generation = 0
+        e.entry_timeout = timeout
+        e.attr_timeout = timeout
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
+        e.st_size = a.size
+        e.st_blksize = 128 * 1024
+        e.st_blocks = (a.stored + 511) // 512
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        return e
+
+    def _virtual_attr(self, ino: int) -> Attr:
+        root = self.fs.getattr(ROOT_INO)
+        if ino in (CTL_INO, ERRSTR_INO):
+            mode = stat.S_IFREG | (0o666 if ino == CTL_INO else 0o444)
+            return Attr(mode, 0, 0, nlink=1, atime_ns=root.ctime_ns, mtime_ns=root.ctime_ns,
+                        ctime_ns=root.ctime_ns, ino=ino)
+        if ino == CTLDIR_INO:
+            return Attr(stat.S_IFDIR | 0o755, 0, 0, nlink=2, atime_ns=root.ctime_ns,
+                        mtime_ns=root.ctime_ns, ctime_ns=root.ctime_ns, ino=ino)
+        d = self.fs.getattr(self.snapdirs[ino])
+        # Writable by whoever may write the directory: mkdir makes a snapshot.
+        return Attr(stat.S_IFDIR | stat.S_IMODE(d.mode) & 0o777, d.uid, d.gid, nlink=2,
+                    atime_ns=d.atime_ns, mtime_ns=d.mtime_ns, ctime_ns=d.ctime_ns, ino=ino)
+
+    def _snapdir(self, dir_ino: int) -> int:
+        v = self.snapdir_of.get(dir_ino)
+        if v is None:
+            v = VIRTUAL | (1 << 40) | len(self.snapdirs)
+            self.snapdirs[v] = dir_ino
+            self.snapdir_of[dir_ino] = v
+        return v
+
+    def _counted(self, a: Attr, timeout: float = ENTRY_TIMEOUT) -> pyfuse3.EntryAttributes:
+        if not a.ino & VIRTUAL:
+            self.lookups[a.ino] = self.lookups.get(a.ino, 0) + 1
+        return self._entry(a, timeout)
+
+    def _new_fh(self, ino: int, flags: int = 0, pid: int = 0) -> int:
+        fh = self.next_fh
+        self.next_fh += 1
+        self.handles[fh] = Handle(ino, flags, pid)
+        return fh
+
+    # ----------------------------------------------------------- lookups
+
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+                     ) -> pyfuse3.EntryAttributes:
+        if parent_inode & VIRTUAL:
+            if parent_inode == CTLDIR_INO:
+                if name not in CTL_FILES:
+                    raise FsError(errno.ENOENT)
+                return self._entry(self._virtual_attr(CTL_FILES[name]), 0)
+            a = self.fs.snapshot_root(self.snapdirs[parent_inode], name)
+            return self._counted(a)
+        if name == SNAPDIR:
+            self.fs.getattr(parent_inode)
+            return self._entry(self._virtual_attr(self._snapdir(parent_inode)), 0)
+        if name == CTLDIR and parent_inode == ROOT_INO:
+            return self._entry(self._virtual_attr(CTLDIR_INO), 0)
+        return self._counted(self.fs.lookup(parent_inode, name))
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+                continue
+            self.lookups.pop(ino, None)
+            try:
+                self.fs.forget(ino)
+            except Exception:
+                log.exception("forget(%d) failed", ino)
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if inode & VIRTUAL:
+            return self._entry(self._virtual_attr(inode), 0)
+        return self._entry(self.fs.getattr(inode))
+
+    @fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if inode & VIRTUAL:
+            if inode == CTL_INO and fields.update_size:
+                return self._entry(self._virtual_attr(inode), 0)  # `>` truncates: allow
+            raise FsError(errno.EPERM, "agentfs control files cannot be changed")
+        ch = SetAttr(
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
+        )
+        return self._entry(self.fs.setattr(inode, ch))
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.fs.readlink(inode)
+
+    # ----------------------------------------------------------- namespace
+
+    def _in_snapdir(self, parent_inode: int) -> int | None:
+        if parent_inode & VIRTUAL:
+            if parent_inode in self.snapdirs:
+                return self.snapdirs[parent_inode]
+            raise FsError(errno.EPERM, "the agentfs control directory is fixed")
+        return None
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self._in_snapdir(parent_inode) is not None:
+            raise FsError(errno.EPERM, "only directories (snapshots) can be made in .snapshots")
+        return self._counted(self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid, rdev))
+
+    @fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        snap_of = self._in_snapdir(parent_inode)
+        if snap_of is not None:
+            return self._counted(self.fs.snapshot(snap_of, name))
+        return self._counted(self.fs.create(parent_inode, name, stat.S_IFDIR | mode,
+                                            ctx.uid, ctx.gid))
+
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self._in_snapdir(parent_inode) is not None:
+            raise FsError(errno.EPERM, "only directories (snapshots) can be made in .snapshots")
+        return self._counted(self.fs.create(parent_inode, name, stat.S_IFLNK | 0o777,
+                                            ctx.uid, ctx.gid, target=target))
+
+    @fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
+                                                           pyfuse3.EntryAttributes]:
+        if self._in_snapdir(parent_inode) is not None:
+            raise FsError(errno.EPERM, "only directories (snapshots) can be made in .snapshots")
+        a = self.fs.create(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid,
+                           ctx.gid)
+        fi = pyfuse3.FileInfo(fh=self._new_fh(a.ino, flags), keep_cache=True)
+        return fi, self._counted(a)
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self._in_snapdir(parent_inode) is not None:
+            raise FsError(errno.EISDIR, "snapshots are removed with rmdir")
+        self.fs.unlink(parent_inode, name)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        snap_of = self._in_snapdir(parent_inode)
+        if snap_of is not None:
+            self.fs.delete_snapshot(snap_of, name)
+            self.gc_wanted = True
+            return
+        self.fs.rmdir(parent_inode, name)
+
+    @fuse_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if (parent_inode_old | parent_inode_new) & VIRTUAL:
+            raise FsError(errno.EPERM, "snapshots and control files cannot be renamed")
+        self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if (inode | new_parent_inode) & VIRTUAL:
+            raise FsError(errno.EPERM, "cannot link control files or snapshots")
+        return self._counted(self.fs.link(inode, new_parent_inode, new_name))
+
+    # ----------------------------------------------------------- files
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if inode & VIRTUAL:
+            if inode not in (CTL_INO, ERRSTR_INO):
+                raise FsError(errno.EISDIR)
+            fh = self._new_fh(inode, flags, ctx.pid)
+            if inode == ERRSTR_INO:
+                self.handles[fh].buf = self.errors.for_pid(ctx.pid).encode()
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        a = self.fs.getattr(inode)
+        if a.is_dir:
+            raise FsError(errno.EISDIR)
+        return pyfuse3.FileInfo(fh=self._new_fh(inode, flags), keep_cache=True)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self.handles[fh]
+        if h.ino == ERRSTR_INO:
+            return h.buf[off:off + size]
+        if h.ino == CTL_INO:
+            return self._status().encode()[off:off + size]
+        return self.fs.read(h.ino, off, size)
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handles[fh]
+        if h.ino == CTL_INO:
+            h.buf += buf
+            while b"\n" in h.buf:
+                line, h.buf = h.buf.split(b"\n", 1)
+                self._control(h, line)
+            return len(buf)
+        if h.ino & VIRTUAL:
+            raise FsError(errno.EBADF)
+        self.fs.write(h.ino, off, buf)
+        return len(buf)
+
+    def _control(self, h: Handle, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        try:
+            result = run_command(self.fs, text)
+        except FsError as e:
+            self.errors.record(h.pid, f"{text}: {e.message}")
+            raise
+        self.last_result = result
+        if result.startswith(("deleted", "detached")):
+            self.gc_wanted = True
+
+    last_result = ""
+
+    def _status(self) -> str:
+        return (f"agentfs pid={os.getpid()} epoch={self.fs.epoch_now()} open_handles={len(self.handles)} "
+                f"last={self.last_result!r}\n")
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        h = self.handles.get(fh)
+        if h is not None and h.ino == CTL_INO and h.buf:
+            line, h.buf = h.buf, b""
+            self._control(h, line)
+
+    async def release(self, fh: int) -> None:
+        self.handles.pop(fh, None)
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self.fs.sync()
+
+    # ----------------------------------------------------------- directories
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode & VIRTUAL:
+            if inode != CTLDIR_INO and inode not in self.snapdirs:
+                raise FsError(errno.ENOTDIR)
+        else:
+            a = self.fs.getattr(inode)
+            if not a.is_dir:
+                raise FsError(errno.ENOTDIR)
+        return self._new_fh(inode)
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        ino = self.handles[fh].ino
+        if ino == CTLDIR_INO:
+            for i, (name, vino) in enumerate(sorted(CTL_FILES.items())):
+                if i + 1 > start_id and not pyfuse3.readdir_reply(
+                        token, name, self._entry(self._virtual_attr(vino), 0), i + 1):
+                    return
+            return
+        if ino in self.snapdirs:
+            snaps = self.fs.snapshots(self.snapdirs[ino])
+            for i, (name, a) in enumerate(snaps):
+                if i + 1 <= start_id:
+                    continue
+                if not pyfuse3.readdir_reply(token, name, self._entry(a), i + 1):
+                    return
+                self.lookups[a.ino] = self.lookups.get(a.ino, 0) + 1
+            return
+        for ent in self.fs.readdir(ino, start_id):
+            if not pyfuse3.readdir_reply(token, ent.name, self._entry(ent.attr), ent.offset):
+                return
+            self.lookups[ent.attr.ino] = self.lookups.get(ent.attr.ino, 0) + 1
+
+    async def releasedir(self, fh: int) -> None:
+        self.handles.pop(fh, None)
+
+    @fuse_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self.fs.sync()
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        used, limit = self.fs.usage()
+        disk = os.statvfs(self.store_path)
+        bsize = 4096
+        free = min(disk.f_bavail * disk.f_frsize, max(limit - used, 0))
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = bsize
+        s.f_frsize = bsize
+        s.f_blocks = (used + free) // bsize
+        s.f_bfree = free // bsize
+        s.f_bavail = free // bsize
+        s.f_files = max(disk.f_files, 1 << 20)
+        s.f_ffree = max(disk.f_ffree, 1 << 20)
+        s.f_favail = s.f_ffree
+        s.f_namemax = 255
+        return s
+
+    # ----------------------------------------------------------- xattrs
+
+    def _real(self, inode: int) -> int:
+        if inode & VIRTUAL:
+            raise FsError(errno.ENOTSUP, "control files have no extended attributes")
+        return inode
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        self.fs.setxattr(self._real(inode), name, value)
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode & VIRTUAL:
+            raise FsError(errno.ENODATA)
+        return self.fs.getxattr(inode, name)
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if inode & VIRTUAL:
+            return []
+        return self.fs.listxattr(inode)
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.fs.removexattr(self._real(inode), name)
