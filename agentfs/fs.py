@@ -46,6 +46,7 @@ ROOT_INO = fuse_ino(ROOT_VIEW, ROOT_LOCAL)
 SNAPDIR = b".snapshots"
 CTLDIR = b".agentfs"
 
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
 RENAME_NOREPLACE = 1
@@ -74,6 +75,13 @@ class DirEntry:
     name: bytes
     attr: Attr
     offset: int  # pass back as `start` to continue after this entry
+
+
+def needs_atime_update(a: Attr, now: int) -> bool:
+    """relatime: update atime on read only if it is not newer than mtime/ctime,
+    or is more than a day old (what Linux does for local filesystems)."""
+    return (a.atime_ns <= a.mtime_ns or a.atime_ns <= a.ctime_ns
+            or now - a.atime_ns > 86400 * 10**9)
 
 
 def check_name(name: bytes) -> None:
@@ -176,6 +184,10 @@ class FileSystem:
         view, _ = split_ino(a.ino)
         return fuse_ino(a.parent_view or view, a.parent_local)
 
+    def parent_of(self, a: Attr) -> int:
+        """The inode number of directory `a`'s parent (the root is its own)."""
+        return ROOT_INO if a.ino == ROOT_INO else self._parent(a)
+
     def _link_entry(self, tx: Tx, dir_ino: int, name: bytes, child: Attr) -> None:
         dview, dlocal = split_ino(dir_ino)
         cview, clocal = split_ino(child.ino)
@@ -248,10 +260,14 @@ class FileSystem:
         return 0 if found is None else found[0]
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
+        stale_atime = False
+
         def op(tx: Tx) -> bytes:
+            nonlocal stale_atime
             a = self._attr(tx, ino)
             if a.is_dir:
                 raise FsError(errno.EISDIR, "is a directory")
+            stale_atime = needs_atime_update(a, self.clock())
             end = min(offset + size, a.size)
             if offset >= end:
                 return b""
@@ -269,7 +285,17 @@ class FileSystem:
                 pos += n
             return bytes(out)
 
-        return self._read(op)  # type: ignore[return-value]
+        data: bytes = self._read(op)  # type: ignore[assignment]
+        if stale_atime and not self._readonly_view(ino):
+            with self.store.write() as tx:
+                a = self._attr(tx, ino)
+                a.atime_ns = self.clock()
+                self._put_attr(tx, a)
+        return data
+
+    def _readonly_view(self, ino: int) -> bool:
+        with self.store.read() as tx:
+            return tx.view(split_ino(ino)[0]).readonly
 
     def listxattr(self, ino: int) -> list[bytes]:
         def op(tx: Tx) -> list[bytes]:
@@ -581,6 +607,8 @@ class FileSystem:
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         if not name or len(name) > XATTR_NAME_MAX or b"\0" in name:
             raise FsError(errno.ERANGE, "bad attribute name")
+        if not name.startswith(XATTR_NAMESPACES):
+            raise FsError(errno.EOPNOTSUPP, "supported namespaces: user, trusted, security")
         if len(value) > XATTR_SIZE_MAX:
             raise FsError(errno.E2BIG, "attribute value too large")
         with self.store.write() as tx:

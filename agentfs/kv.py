@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Protocol
 
 
+WRITEMAP = bool(int(os.environ.get("AGENTFS_WRITEMAP", "1")))
+
+
 class NoSpace(Exception):
     """The store is full; the transaction was rolled back, nothing was lost."""
 
@@ -44,8 +47,11 @@ class Engine(Protocol):
     def begin(self, write: bool = False) -> TxnContext: ...
     def sync(self) -> None: ...
     def close(self) -> None: ...
+    def grow(self) -> bool:
+        """Make room after NoSpace if possible (no transaction may be open)."""
+        ...
     def usage(self) -> tuple[int, int]:
-        """(bytes used by live pages, bytes the store may grow to)."""
+        """(bytes used by live pages, bytes the store may grow to; 0: the disk's free space)."""
         ...
 
 
@@ -177,6 +183,9 @@ class MemoryEngine:
     def usage(self) -> tuple[int, int]:
         return self.used, self.limit or (1 << 40)
 
+    def grow(self) -> bool:
+        return False
+
 
 # --------------------------------------------------------------------------
 # LMDB engine
@@ -264,25 +273,52 @@ class LmdbEngine:
     """An LMDB environment in `path` (a directory).
 
     Commits are not fsync'ed (sync=False): a committed transaction is in the
-    OS page cache, so it survives a SIGKILL of the daemon; `sync()` (called on
-    fsync) makes everything committed so far durable against power loss.
+    OS page cache (writemap: the shared mapping), so it survives a SIGKILL of
+    the daemon; `sync()` (called on fsync) makes everything committed so far
+    durable against power loss.
+
+    The map starts small and `grow()` doubles it when a transaction finds it
+    full, up to `max_map_size` (default: what the disk can hold). With
+    writemap the data file is sparse at the map size.
     """
 
-    DEFAULT_MAP_SIZE = 1 << 40  # address space only; the file grows as needed
+    MIN_MAP_SIZE = 1 << 30
 
-    def __init__(self, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(self, path: str | os.PathLike[str], map_size: int | None = None,
+                 max_map_size: int | None = None) -> None:
         import lmdb
 
         Path(path).mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)
+        data = self.path / "data.mdb"
+        used = data.stat().st_blocks * 512 if data.exists() else 0
+        if map_size is None:
+            map_size = max(self.MIN_MAP_SIZE, 2 * used,
+                           data.stat().st_size if data.exists() else 0)
         self.map_size = map_size
+        self.max_map_size = max_map_size
         self.env = lmdb.open(
             str(path), map_size=map_size, max_dbs=4, sync=False, metasync=False,
-            readahead=False, meminit=False, max_readers=126,
+            readahead=False, meminit=False, max_readers=126, writemap=WRITEMAP,
         )
         self.db = self.env.open_db(b"agentfs")
 
     def begin(self, write: bool = False) -> _LmdbTxnContext:
         return _LmdbTxnContext(self, write)
+
+    def grow(self) -> bool:
+        """Double the map after NoSpace; False if the disk (or the cap) can't take it.
+        Only call with no transaction open."""
+        limit = self.max_map_size
+        if limit is None:
+            st = os.statvfs(self.path)
+            limit = self.usage()[0] + st.f_bavail * st.f_frsize
+        new = min(self.map_size * 2, limit)
+        if new <= self.map_size:
+            return False
+        self.env.set_mapsize(new)
+        self.map_size = new
+        return True
 
     def sync(self) -> None:
         self.env.sync(True)
@@ -292,6 +328,8 @@ class LmdbEngine:
         self.env.close()
 
     def usage(self) -> tuple[int, int]:
+        """(bytes of pages in use, bytes the store may grow to)."""
         info = self.env.info()
         stat = self.env.stat()
-        return (info["last_pgno"] + 1) * stat["psize"], self.map_size
+        used = (info["last_pgno"] + 1) * stat["psize"]
+        return used, self.max_map_size or 0

@@ -42,9 +42,16 @@ def fuse_errors(fn: F) -> F:
     """The one place errors become errnos: pyfuse3 only survives FUSEError."""
 
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(self: Operations, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await fn(*args, **kwargs)
+            while True:
+                try:
+                    return await fn(self, *args, **kwargs)
+                except NoSpace:
+                    # The transaction was rolled back: grow the map and redo it.
+                    if not self.fs.engine.grow():
+                        raise
+                    log.info("store map grown for %s", fn.__name__)
         except pyfuse3.FUSEError:
             raise
         except FsError as e:
@@ -53,7 +60,7 @@ def fuse_errors(fn: F) -> F:
             log.warning("store full: %s refused with ENOSPC", fn.__name__)
             raise pyfuse3.FUSEError(errno.ENOSPC)
         except Exception:
-            log.exception("unexpected error in %s%r", fn.__name__, args[1:])
+            log.exception("unexpected error in %s%r", fn.__name__, args)
             raise pyfuse3.FUSEError(errno.EIO)
 
     return wrapper  # type: ignore[return-value]
@@ -286,7 +293,11 @@ class Operations(pyfuse3.Operations):
             if inode == ERRSTR_INO:
                 self.handles[fh].buf = self.errors.for_pid(ctx.pid).encode()
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
-        a = self.fs.getattr(inode)
+        if flags & os.O_TRUNC:
+            # libfuse negotiates atomic O_TRUNC: the kernel sends no separate setattr.
+            a = self.fs.setattr(inode, SetAttr(size=0))
+        else:
+            a = self.fs.getattr(inode)
         if a.is_dir:
             raise FsError(errno.EISDIR)
         return pyfuse3.FileInfo(fh=self._new_fh(inode, flags), keep_cache=True)
@@ -376,6 +387,14 @@ class Operations(pyfuse3.Operations):
                     return
                 self.lookups[a.ino] = self.lookups.get(a.ino, 0) + 1
             return
+        if start_id < 2:
+            # '.' and '..' (offsets 1, 2): the kernel takes no lookup reference for them.
+            me = self.fs.getattr(ino)
+            dots = [(b".", me), (b"..", self.fs.getattr(self.fs.parent_of(me)))]
+            for off, (name, a) in enumerate(dots[start_id:], start_id + 1):
+                if not pyfuse3.readdir_reply(token, name, self._entry(a), off):
+                    return
+            start_id = 2
         for ent in self.fs.readdir(ino, start_id):
             if not pyfuse3.readdir_reply(token, ent.name, self._entry(ent.attr), ent.offset):
                 return
@@ -393,7 +412,9 @@ class Operations(pyfuse3.Operations):
         used, limit = self.fs.usage()
         disk = os.statvfs(self.store_path)
         bsize = 4096
-        free = min(disk.f_bavail * disk.f_frsize, max(limit - used, 0))
+        free = disk.f_bavail * disk.f_frsize
+        if limit:
+            free = min(free, max(limit - used, 0))
         s = pyfuse3.StatvfsData()
         s.f_bsize = bsize
         s.f_frsize = bsize
