@@ -202,6 +202,15 @@ class FileSystem:
         a.mtime_ns = a.ctime_ns = now
         self._put_attr(tx, a)
 
+    def _check_rw(self, tx: Tx, ino: int) -> None:
+        """EROFS before any other check: nothing in a snapshot may change."""
+        if tx.view(split_ino(ino)[0]).readonly:
+            raise FsError(errno.EROFS, "snapshots are read-only")
+
+    def is_readonly(self, ino: int) -> bool:
+        with self.store.read() as tx:
+            return tx.view(split_ino(ino)[0]).readonly
+
     def _check_reserved(self, dir_ino: int, name: bytes) -> None:
         if name == SNAPDIR or (dir_ino == ROOT_INO and name == CTLDIR):
             raise FsError(errno.EEXIST, f"{name.decode()} is reserved by agentfs")
@@ -286,16 +295,13 @@ class FileSystem:
             return bytes(out)
 
         data: bytes = self._read(op)  # type: ignore[assignment]
-        if stale_atime and not self._readonly_view(ino):
+        if stale_atime and not self.is_readonly(ino):
             with self.store.write() as tx:
                 a = self._attr(tx, ino)
                 a.atime_ns = self.clock()
                 self._put_attr(tx, a)
         return data
 
-    def _readonly_view(self, ino: int) -> bool:
-        with self.store.read() as tx:
-            return tx.view(split_ino(ino)[0]).readonly
 
     def listxattr(self, ino: int) -> list[bytes]:
         def op(tx: Tx) -> list[bytes]:
@@ -327,6 +333,7 @@ class FileSystem:
         """mknod/create/mkdir/symlink: `mode` carries the file type."""
         check_name(name)
         with self.store.write() as tx:
+            self._check_rw(tx, dir_ino)
             d = self._dir(tx, dir_ino)
             self._check_reserved(dir_ino, name)
             if self._entry(tx, dir_ino, name) is not None:
@@ -355,6 +362,7 @@ class FileSystem:
     def link(self, ino: int, dir_ino: int, name: bytes) -> Attr:
         check_name(name)
         with self.store.write() as tx:
+            self._check_rw(tx, dir_ino)
             a = self._attr(tx, ino)
             d = self._dir(tx, dir_ino)
             if a.is_dir:
@@ -374,6 +382,7 @@ class FileSystem:
 
     def unlink(self, dir_ino: int, name: bytes) -> Attr:
         with self.store.write() as tx:
+            self._check_rw(tx, dir_ino)
             d = self._dir(tx, dir_ino)
             child = self._entry(tx, dir_ino, name)
             if child is None:
@@ -397,6 +406,7 @@ class FileSystem:
 
     def rmdir(self, dir_ino: int, name: bytes) -> None:
         with self.store.write() as tx:
+            self._check_rw(tx, dir_ino)
             d = self._dir(tx, dir_ino)
             if name == b".":
                 raise FsError(errno.EINVAL, "cannot remove '.'")
@@ -430,6 +440,7 @@ class FileSystem:
                 RENAME_NOREPLACE | RENAME_EXCHANGE):
             raise FsError(errno.EINVAL, "unsupported rename flags")
         with self.store.write() as tx:
+            self._check_rw(tx, src_dir)
             sd = self._dir(tx, src_dir)
             dd = sd if dst_dir == src_dir else self._dir(tx, dst_dir)
             if split_ino(src_dir)[0] != split_ino(dst_dir)[0]:
@@ -527,6 +538,7 @@ class FileSystem:
 
     def setattr(self, ino: int, ch: SetAttr) -> Attr:
         with self.store.write() as tx:
+            self._check_rw(tx, ino)
             a = self._attr(tx, ino)
             now = self.clock()
             if ch.size is not None and ch.size != a.size:
@@ -573,6 +585,7 @@ class FileSystem:
         if offset + len(data) > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG, "file too large")
         with self.store.write() as tx:
+            self._check_rw(tx, ino)
             a = self._attr(tx, ino)
             if not a.is_reg:
                 raise FsError(errno.EISDIR if a.is_dir else errno.EINVAL, "not a regular file")
@@ -612,6 +625,7 @@ class FileSystem:
         if len(value) > XATTR_SIZE_MAX:
             raise FsError(errno.E2BIG, "attribute value too large")
         with self.store.write() as tx:
+            self._check_rw(tx, ino)
             a = self._attr(tx, ino)
             view, local = split_ino(ino)
             exists = tx.get(view, xattr_suffix(local, name)) is not None
@@ -625,6 +639,7 @@ class FileSystem:
 
     def removexattr(self, ino: int, name: bytes) -> None:
         with self.store.write() as tx:
+            self._check_rw(tx, ino)
             a = self._attr(tx, ino)
             view, local = split_ino(ino)
             if tx.get(view, xattr_suffix(local, name)) is None:
@@ -852,11 +867,17 @@ class FileSystem:
     def path_ino(self, path: str) -> int:
         """Resolve a path relative to the root (no symlinks followed)."""
         ino = ROOT_INO
-        for part in path.strip("/").split("/"):
+        parts = iter(path.strip("/").split("/"))
+        for part in parts:
             if part in ("", "."):
                 continue
             if part == "..":
-                ino = self._parent(self.getattr(ino))
-                continue
-            ino = self.lookup(ino, os.fsencode(part)).ino
+                ino = self.parent_of(self.getattr(ino))
+            elif part == SNAPDIR.decode():
+                name = next(parts, "")
+                if not name:
+                    raise FsError(errno.EINVAL, "name a snapshot: DIR/.snapshots/NAME")
+                ino = self.snapshot_root(ino, os.fsencode(name)).ino
+            else:
+                ino = self.lookup(ino, os.fsencode(part)).ino
         return ino

@@ -93,12 +93,10 @@ def _check(tx: Tx, r: Report) -> None:
                 r.problems.append(f"view {vid}: origin view {ovid} is missing")
             elif limit >= now:
                 r.problems.append(f"view {vid}: origin {ovid} limit {limit} not in the past")
-        if v.kind != "dead" and v.chain:
-            origin, limit = v.chain[0]
-            if (limit, b"v" + u32(vid)) not in pins.get(origin, set()) and v.kind != "snapshot":
-                r.problems.append(f"view {vid}: holds no pin on origin {origin}@{limit}")
-            if v.kind == "snapshot" and (limit, b"v" + u32(vid)) not in pins.get(origin, set()):
-                r.problems.append(f"snapshot view {vid}: holds no pin on {origin}@{limit}")
+        if v.kind != "dead":
+            for origin, limit in v.chain:
+                if (limit, b"v" + u32(vid)) not in pins.get(origin, set()):
+                    r.problems.append(f"view {vid}: holds no pin on chain level {origin}@{limit}")
     for k, _ in txn.scan(b"G", b"H"):
         if codec.read_u32(k, 1) not in views:
             r.problems.append(f"gc queue names missing view {codec.read_u32(k, 1)}")

@@ -134,6 +134,11 @@ class Tx:
         self.txn.put(codec.meta_key("next_view"), codec.pack(self.store.next_view))
         v = ViewDef(vid, chain, root, readonly, container, self.store.epoch, next_ino, kind)
         self.save_view(v)
+        # A view reads through every level of its chain, so it holds each one:
+        # no level may be collected while this view lives.
+        for lvid, limit in chain:
+            self.txn.put(codec.pin_key(lvid, limit, b"v" + u32(vid)), b"")
+            self.store._maxpin[lvid] = max(self.maxpin(lvid), limit)
         return v
 
     def alloc_ino(self, vid: int) -> int:

@@ -293,6 +293,8 @@ class Operations(pyfuse3.Operations):
             if inode == ERRSTR_INO:
                 self.handles[fh].buf = self.errors.for_pid(ctx.pid).encode()
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC) and self.fs.is_readonly(inode):
+            raise FsError(errno.EROFS, "snapshots are read-only")
         if flags & os.O_TRUNC:
             # libfuse negotiates atomic O_TRUNC: the kernel sends no separate setattr.
             a = self.fs.setattr(inode, SetAttr(size=0))
