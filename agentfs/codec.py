@@ -229,16 +229,17 @@ class ViewDef:
     container: int
     created: int
     next_ino: int
-    kind: str = "fork"  # root | fork | snapshot
+    kind: str = "fork"  # root | fork | snapshot | dead
+    first_birth: int = 0  # epoch of the first record written in this layer (0: none yet)
 
     def encode(self) -> bytes:
         return pack([
             FORMAT, [list(c) for c in self.chain], self.root, self.readonly,
-            self.container, self.created, self.next_ino, self.kind,
+            self.container, self.created, self.next_ino, self.kind, self.first_birth,
         ])
 
     @classmethod
     def decode(cls, view: int, data: bytes) -> ViewDef:
         f = unpack(data)
         assert isinstance(f, list) and f[0] == FORMAT, f"unknown view record {f!r}"
-        return cls(view, [(int(a), int(b)) for a, b in f[1]], *f[2:8])
+        return cls(view, [(int(a), int(b)) for a, b in f[1]], *f[2:9])

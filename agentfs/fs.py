@@ -281,18 +281,18 @@ class FileSystem:
             if offset >= end:
                 return b""
             view, local = split_ino(ino)
-            out = bytearray()
+            pieces = []
             pos = offset
             while pos < end:
                 bno, boff = divmod(pos, BLOCK_SIZE)
                 n = min(BLOCK_SIZE - boff, end - pos)
-                raw = tx.get(view, block_suffix(local, bno))
-                chunk = raw[boff:boff + n] if raw else b""
-                out += chunk
+                raw = tx.get(view, block_suffix(local, bno)) or b""
+                chunk = raw if boff == 0 and len(raw) == n else raw[boff:boff + n]
+                pieces.append(chunk)
                 if len(chunk) < n:
-                    out += bytes(n - len(chunk))
+                    pieces.append(bytes(n - len(chunk)))  # a hole, or past the stored tail
                 pos += n
-            return bytes(out)
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
         data: bytes = self._read(op)  # type: ignore[assignment]
         if stale_atime and not self.is_readonly(ino):

@@ -127,8 +127,21 @@ class Tx:
             return v.chain
         return [(vid, EPOCH_MAX), *v.chain]
 
+    def useful_levels(self, chain: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Drop levels below the immediate origin that held no record at their
+        limit epoch (a fork's own root attributes don't count: every fork writes
+        its own). Reads would only fall through them, so a fork of an unmodified
+        fork of a fork reads as fast as the first."""
+        out = chain[:1]
+        for lvid, limit in chain[1:]:
+            fb = self.view(lvid).first_birth
+            if fb and fb <= limit:
+                out.append((lvid, limit))
+        return out
+
     def new_view(self, chain: list[tuple[int, int]], root: int, readonly: bool,
                  container: int, kind: str, next_ino: int) -> ViewDef:
+        chain = self.useful_levels(chain)
         vid = self.store.next_view
         self.store.next_view += 1
         self.txn.put(codec.meta_key("next_view"), codec.pack(self.store.next_view))
@@ -225,8 +238,15 @@ class Tx:
         if self.view(vid).readonly:
             raise FsError(errno.EROFS, "snapshots are read-only")
 
+    def _note_write(self, vid: int, suffix: bytes) -> None:
+        v = self.view(vid)
+        if not v.first_birth and suffix != codec.attr_suffix(v.root):
+            v.first_birth = self.store.epoch
+            self.save_view(v)
+
     def put(self, vid: int, suffix: bytes, value: bytes) -> None:
         self._check_writable(vid)
+        self._note_write(vid, suffix)
         base = b"R" + u32(vid) + suffix
         newest = self.txn.first(base, prefix_end(base))
         now = self.store.epoch
@@ -250,6 +270,7 @@ class Tx:
             newest = self.txn.first(base, end)
         hides_something = newest is not None or self._lower_visible(vid, suffix)
         if hides_something and (newest is None or newest[1] != TOMBSTONE):
+            self._note_write(vid, suffix)
             self.txn.put(base + inv(self.store.epoch), TOMBSTONE)
 
     def scan(self, vid: int, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
