@@ -187,7 +187,9 @@ class Attr:
     def decode(cls, data: bytes, ino: int = 0) -> Attr:
         f = unpack(data)
         assert isinstance(f, list) and f[0] == FORMAT, f"unknown attr record {f!r}"
-        return cls(*f[1:14], ino=ino)
+        a = cls(*f[1:14])
+        a.ino = ino
+        return a
 
     @property
     def is_dir(self) -> bool:

@@ -573,10 +573,10 @@ class FileSystem:
                 a.stored -= len(raw)
             bno, boff = divmod(size, BLOCK_SIZE)
             if boff:
-                raw = tx.get(view, block_suffix(local, bno))
-                if raw is not None and len(raw) > boff:
-                    tx.put(view, block_suffix(local, bno), raw[:boff])
-                    a.stored -= len(raw) - boff
+                tail = tx.get(view, block_suffix(local, bno))
+                if tail is not None and len(tail) > boff:
+                    tx.put(view, block_suffix(local, bno), tail[:boff])
+                    a.stored -= len(tail) - boff
         a.size = size
 
     def write(self, ino: int, offset: int, data: bytes) -> Attr:

@@ -122,7 +122,7 @@ def _check_tree(tx: Tx, r: Report, vid: int, v: ViewDef,
                 views: dict[int, ViewDef]) -> None:
     links: dict[int, int] = {}
     seen: set[int] = set()
-    stack = [(v.root, None)]
+    stack: list[tuple[int, int | None]] = [(v.root, None)]
     while stack:
         local, parent = stack.pop()
         if local in seen:
@@ -187,10 +187,10 @@ def _check_cross(tx: Tx, r: Report, vid: int, tview: int, tlocal: int, where: st
         r.problems.append(f"{where} leads into dead view {tview}")
     if t.root != tlocal:
         r.problems.append(f"{where} leads to inode {tlocal}, not the root of view {tview}")
-    if t.container != vid and tx.txn.get(b"m" + u32(vid) + u32(tview)) is None:
-        # Inherited from an origin: it must still be pinned so the fork can copy it.
-        if not any(ovid == t.container for ovid, _ in views[vid].chain):
-            r.problems.append(f"{where} leads into view {tview} contained by {t.container}")
+    inherited = t.container != vid and tx.txn.get(b"m" + u32(vid) + u32(tview)) is None
+    if inherited and not any(ovid == t.container for ovid, _ in views[vid].chain):
+        # An entry inherited from an origin leads into a view that origin contains.
+        r.problems.append(f"{where} leads into view {tview} contained by {t.container}")
 
 
 def _check_file(tx: Tx, r: Report, vid: int, local: int, a: Attr, where: str) -> None:

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-
 WRITEMAP = bool(int(os.environ.get("AGENTFS_WRITEMAP", "1")))
 
 
@@ -57,7 +56,7 @@ class Engine(Protocol):
 
 class TxnContext(Protocol):
     def __enter__(self) -> Txn: ...
-    def __exit__(self, *exc: object) -> None: ...
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
 
 
 def prefix_end(prefix: bytes) -> bytes:

@@ -64,9 +64,9 @@ def sd_notify(state: str) -> None:
         return
     if addr.startswith("@"):
         addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        with contextlib.suppress(OSError):
-            s.sendto(state.encode(), addr)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s, \
+            contextlib.suppress(OSError):
+        s.sendto(state.encode(), addr)
 
 
 def mount_options(fsname: str) -> set[str]:

@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -168,7 +168,7 @@ class Operations(pyfuse3.Operations):
             return self._entry(self._virtual_attr(CTLDIR_INO), 0)
         return self._counted(self.fs.lookup(parent_inode, name))
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             left = self.lookups.get(ino, 0) - n
             if left > 0:
