@@ -17,6 +17,7 @@ import errno
 import os
 import posixpath
 import shlex
+from dataclasses import dataclass, field
 
 from .errors import FsError
 from .fs import FileSystem
@@ -49,14 +50,24 @@ def _epoch(arg: str) -> int:
     return e
 
 
-def run_command(fs: FileSystem, line: str, gc: object = None) -> str:
-    """Execute one control line; returns a short result for the status file."""
+@dataclass
+class Result:
+    """What a command did: a line for the status file, and the directory
+    entries it changed behind the kernel's back (parent, name, removed inode or
+    0) so the daemon can invalidate the kernel's caches."""
+
+    message: str
+    changed: list[tuple[int, bytes, int]] = field(default_factory=list)
+
+
+def run_command(fs: FileSystem, line: str) -> Result:
+    """Execute one control line."""
     try:
         words = shlex.split(line)
     except ValueError as e:
         raise FsError(errno.EINVAL, f"cannot parse {line!r}: {e}")
     if not words:
-        return ""
+        return Result("")
     cmd, args = words[0], words[1:]
     if cmd not in USAGE:
         raise FsError(errno.EINVAL, f"unknown command {cmd!r}; commands: "
@@ -69,23 +80,26 @@ def run_command(fs: FileSystem, line: str, gc: object = None) -> str:
         src = fs.path_ino(args[0])
         parent, name = _split_parent(args[1])
         epoch = _epoch(args[2]) if len(args) > 2 else None
-        root = fs.fork(src, fs.path_ino(parent), name, epoch)
-        return f"forked {args[0]} -> {args[1]} (inode {root.ino})"
+        pino = fs.path_ino(parent)
+        root = fs.fork(src, pino, name, epoch)
+        return Result(f"forked {args[0]} -> {args[1]} (inode {root.ino})", [(pino, name, 0)])
     if cmd == "snapshot":
         epoch = _epoch(args[2]) if len(args) > 2 else None
         fs.snapshot(fs.path_ino(args[0]), os.fsencode(args[1]), epoch)
-        return f"snapshot {args[0]}/.snapshots/{args[1]}"
+        return Result(f"snapshot {args[0]}/.snapshots/{args[1]}")
     if cmd == "unsnapshot":
         fs.delete_snapshot(fs.path_ino(args[0]), os.fsencode(args[1]))
-        return f"deleted snapshot {args[1]} of {args[0]}"
+        return Result(f"deleted snapshot {args[1]} of {args[0]}")
     if cmd == "detach":
         parent, name = _split_parent(args[0])
-        fs.detach(fs.path_ino(parent), name)
-        return f"detached {args[0]}"
+        pino = fs.path_ino(parent)
+        child = fs.lookup(pino, name).ino
+        fs.detach(pino, name)
+        return Result(f"detached {args[0]}", [(pino, name, child)])
     if cmd == "gc":
         from .gc import collect
 
         stats = collect(fs.store)
-        return "gc " + " ".join(f"{k}={v}" for k, v in stats.items())
+        return Result("gc " + " ".join(f"{k}={v}" for k, v in stats.items()))
     fs.sync()
-    return "synced"
+    return Result("synced")

@@ -19,7 +19,7 @@ from agentfs.fs import FileSystem
 from agentfs.gc import collect_steps
 from agentfs.kv import LmdbEngine
 
-from .operations import Operations
+from .operations import Operations, invalidate_kernel_cache
 
 log = logging.getLogger("agentfs.daemon")
 
@@ -131,7 +131,7 @@ def run_mount(mountpoint: str, store: Path, ready: callable | None = None,  # ty
         freed = fs.free_orphans()
         if freed:
             log.info("freed %d inodes unlinked while open before the last shutdown", freed)
-        ops = Operations(fs, str(store))
+        ops = Operations(fs, str(store), invalidate_kernel_cache)
         with fs.store.read() as tx:
             ops.gc_wanted = tx.txn.first(b"G", b"H") is not None
         try:

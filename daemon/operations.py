@@ -66,6 +66,22 @@ def fuse_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def invalidate_kernel_cache(parent: int, name: bytes, removed: int) -> None:
+    """Tell the kernel a directory entry changed without it asking.
+
+    Runs inside a request handler, so only the non-blocking forms are used:
+    attributes of the parent (its nlink and mtime changed) and, for a removed
+    entry, the queued `invalidate_entry_async`.
+    """
+    try:
+        pyfuse3.invalidate_inode(parent, attr_only=True)
+    except OSError as e:
+        if e.errno != errno.ENOENT:  # the kernel had nothing cached
+            log.warning("invalidate_inode(%d) failed: %s", parent, e)
+    if removed:
+        pyfuse3.invalidate_entry_async(parent, name, deleted=removed, ignore_enoent=True)
+
+
 class Handle:
     __slots__ = ("ino", "buf", "flags", "pid")
 
@@ -92,7 +108,9 @@ class Operations(pyfuse3.Operations):
         self.errors = ErrorLog()
         self.snapdirs: dict[int, int] = {}  # virtual .snapshots inode -> its directory
         self.snapdir_of: dict[int, int] = {}
-        self.invalidate = invalidate or (lambda parent, name, child: None)
+        # The daemon passes invalidate_kernel_cache; without a mounted session
+        # (tests calling handlers directly) there is no kernel cache to clear.
+        self.invalidate = invalidate or (lambda parent, name, removed: None)
         self.gc_wanted = False
 
     # ----------------------------------------------------------- helpers
@@ -159,8 +177,9 @@ class Operations(pyfuse3.Operations):
                 if name not in CTL_FILES:
                     raise FsError(errno.ENOENT)
                 return self._entry(self._virtual_attr(CTL_FILES[name]), 0)
+            # Not cached: `unsnapshot` through the control file removes these.
             a = self.fs.snapshot_root(self.snapdirs[parent_inode], name)
-            return self._counted(a)
+            return self._counted(a, timeout=0)
         if name == SNAPDIR:
             self.fs.getattr(parent_inode)
             return self._entry(self._virtual_attr(self._snapdir(parent_inode)), 0)
@@ -334,8 +353,10 @@ class Operations(pyfuse3.Operations):
         except FsError as e:
             self.errors.record(h.pid, f"{text}: {e.message}")
             raise
-        self.last_result = result
-        if result.startswith(("deleted", "detached")):
+        self.last_result = result.message
+        for parent, name, removed in result.changed:
+            self.invalidate(parent, name, removed)
+        if result.message.startswith(("deleted", "detached")):
             self.gc_wanted = True
 
     last_result = ""
