@@ -121,6 +121,8 @@ class FileSystem:
 
     def _attr(self, tx: Tx, ino: int) -> Attr:
         view, local = split_ino(ino)
+        if tx.view(view).kind == "dead":
+            raise FsError(errno.ESTALE, "this fork or snapshot has been removed")
         raw = tx.get(view, attr_suffix(local))
         if raw is None:
             raise FsError(errno.ENOENT, f"inode {ino} does not exist")
@@ -136,6 +138,13 @@ class FileSystem:
             raise FsError(errno.ENOTDIR, "not a directory")
         return a
 
+    def _live_dir(self, tx: Tx, ino: int) -> Attr:
+        """A directory new entries may go into: not one already removed."""
+        a = self._dir(tx, ino)
+        if a.nlink == 0:
+            raise FsError(errno.ENOENT, "the directory has been removed")
+        return a
+
     def _entry(self, tx: Tx, dir_ino: int, name: bytes) -> int | None:
         """The inode number `name` leads to in directory `dir_ino`, or None."""
         view, local = split_ino(dir_ino)
@@ -149,33 +158,48 @@ class FileSystem:
     def _target(self, tx: Tx, view: int, level: int, tview: int, tlocal: int) -> int:
         if tview == 0:
             return fuse_ino(view, tlocal)
-        level_view, level_limit = tx.levels(view)[level]
+        levels = tx.levels(view)
+        level_view, level_limit = levels[level]
         if level_view == view:
             return fuse_ino(tview, tlocal)
         # An entry inherited from an origin leads into a view nested inside the
-        # forked tree: the fork gets its own copy of that view, made on first use.
-        return fuse_ino(self._nested(tx, view, level_view, level_limit, tview), tlocal)
+        # forked tree: this view gets its own copy of that nested view, made on
+        # first use, from the nearest origin that already had its own copy (as
+        # that origin was at our fork epoch), else from the nested view itself.
+        source, limit = tview, level_limit
+        for lv, llim in levels[:level]:
+            if lv == view:
+                continue
+            raw = tx.txn.get(b"m" + u32(lv) + u32(tview))
+            if raw is not None and tx.view(codec.read_u32(raw)).created <= llim:
+                source, limit = codec.read_u32(raw), llim
+                break
+        return fuse_ino(self._nested(tx, view, tview, source, limit), tlocal)
 
-    def _nested(self, tx: Tx, view: int, level_view: int, limit: int, inner: int) -> int:
+    def _nested(self, tx: Tx, view: int, inner: int, source: int, limit: int) -> int:
+        """This view's copy of nested view `inner`, made from `source` at `limit`."""
         key = b"m" + u32(view) + u32(inner)
         raw = tx.txn.get(key)
         if raw is not None:
             return codec.read_u32(raw)
         if not tx.writable:
             raise NeedWrite()
-        w = tx.view(inner)
+        w = tx.view(source)
         mine = tx.view(view)
-        nv = tx.new_view([(inner, limit), *w.chain], w.root, mine.readonly, view, w.kind,
-                         tx.peek_next_ino(inner))
-        tx.pin(inner, b"v" + u32(nv.id), limit)
+        nv = tx.new_view([(source, limit), *w.chain], w.root, mine.readonly, view,
+                         "snapshot" if mine.readonly else "fork", tx.peek_next_ino(source))
+        tx.pin(source, b"v" + u32(nv.id), limit)
         tx.txn.put(key, u32(nv.id))
         tx.txn.put(b"C" + u32(view) + u32(nv.id), b"")
-        # The copy's root keeps pointing at its parent inside this view.
+        if not mine.first_birth:
+            # Forks of this view must not skip it: it holds the copy.
+            mine.first_birth = tx.store.epoch
+            tx.save_view(mine)
+        # The copy's root points at its parent inside this view.
         raw_root = tx.get(nv.id, attr_suffix(w.root))
         if raw_root is not None:
             root = Attr.decode(raw_root)
-            if root.parent_view == level_view:
-                root.parent_view = view
+            root.parent_view = view
             tx.txn.put(b"R" + u32(nv.id) + attr_suffix(w.root) + codec.inv(tx.store.epoch),
                        root.encode())
         return nv.id
@@ -334,7 +358,7 @@ class FileSystem:
         check_name(name)
         with self.store.write() as tx:
             self._check_rw(tx, dir_ino)
-            d = self._dir(tx, dir_ino)
+            d = self._live_dir(tx, dir_ino)
             self._check_reserved(dir_ino, name)
             if self._entry(tx, dir_ino, name) is not None:
                 raise FsError(errno.EEXIST, "entry exists")
@@ -364,9 +388,11 @@ class FileSystem:
         with self.store.write() as tx:
             self._check_rw(tx, dir_ino)
             a = self._attr(tx, ino)
-            d = self._dir(tx, dir_ino)
+            d = self._live_dir(tx, dir_ino)
             if a.is_dir:
                 raise FsError(errno.EPERM, "hard links to directories are not allowed")
+            if a.nlink == 0:
+                raise FsError(errno.ENOENT, "the file has been removed")
             if split_ino(ino)[0] != split_ino(dir_ino)[0]:
                 raise FsError(errno.EXDEV, "hard link across forks")
             self._check_reserved(dir_ino, name)
@@ -442,7 +468,7 @@ class FileSystem:
         with self.store.write() as tx:
             self._check_rw(tx, src_dir)
             sd = self._dir(tx, src_dir)
-            dd = sd if dst_dir == src_dir else self._dir(tx, dst_dir)
+            dd = sd if dst_dir == src_dir else self._live_dir(tx, dst_dir)
             if split_ino(src_dir)[0] != split_ino(dst_dir)[0]:
                 raise FsError(errno.EXDEV, "rename across forks")
             src = self._entry(tx, src_dir, src_name)
@@ -741,7 +767,7 @@ class FileSystem:
         check_name(dst_name)
         with self.store.write() as tx:
             self._dir(tx, src_dir)
-            dd = self._dir(tx, dst_dir)
+            dd = self._live_dir(tx, dst_dir)
             self._check_reserved(dst_dir, dst_name)
             if self._entry(tx, dst_dir, dst_name) is not None:
                 raise FsError(errno.EEXIST, "destination exists")

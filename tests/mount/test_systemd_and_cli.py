@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -305,7 +306,8 @@ def test_unit_commands_run_as_systemd_would(tmp_path: Path, notify_socket: Notif
     try:
         assert stop(proc) == 0, log.read_text()
     finally:
-        held.close()
+        with contextlib.suppress(OSError):  # ENOTCONN: its filesystem is gone
+            held.close()
     notify_socket.wait_for("STOPPING=1", proc, log)
     assert not is_mountpoint(mnt)
     assert "Traceback" not in log.read_text()
@@ -571,11 +573,11 @@ def test_cli_snapshots(mount) -> None:  # type: ignore[no-untyped-def]
     assert cli("snapshot", "--delete", d, "s1").returncode == 0
     (d / ".snapshots" / "s0").rmdir()
     assert cli("snapshots", d).stdout == ""
-    assert not (d / ".snapshots" / "s1").exists()
+    assert os.listdir(d / ".snapshots") == []
     refused(cli("snapshot", "--delete", d, "s1"), "unsnapshot failed")
     assert (d / "f").read_text() == "v2\n"
     res = cli("gc", "--mount", mnt)
-    assert res.returncode == 0 and res.stdout.startswith("gc "), res.stdout + res.stderr
+    assert res.returncode == 0 and "gc views=" in res.stdout, res.stdout + res.stderr
 
 
 def test_cli_help_lists_every_command() -> None:
@@ -583,3 +585,34 @@ def test_cli_help_lists_every_command() -> None:
     assert res.returncode == 0
     for command in ("mount", "umount", "fork", "snapshot", "snapshots", "fsck", "gc"):
         assert re.search(rf"^\s+{command}\s", res.stdout, re.M), res.stdout
+
+
+def test_deleted_snapshots_vanish_at_once(mount) -> None:  # type: ignore[no-untyped-def]
+    """What the control file deletes must not stay reachable through the kernel's
+    dentry cache, and a name reused at once must lead to the new tree."""
+    mnt: Path = mount.path
+    d = mnt / "a"
+    d.mkdir()
+    (d / "f").write_text("v1\n")
+    assert cli("snapshot", d, "s1").returncode == 0
+    assert (d / ".snapshots" / "s1" / "f").read_text() == "v1\n"  # now cached by the kernel
+    assert cli("snapshot", "--delete", d, "s1").returncode == 0
+    assert not (d / ".snapshots" / "s1").exists(), "deleted snapshot still reachable"
+    (d / "f").write_text("v2\n")
+    assert cli("snapshot", d, "s1").returncode == 0
+    assert (d / ".snapshots" / "s1" / "f").read_text() == "v2\n"
+
+
+def test_detached_forks_vanish_at_once(mount) -> None:  # type: ignore[no-untyped-def]
+    mnt: Path = mount.path
+    d = mnt / "a"
+    d.mkdir()
+    (d / "f").write_text("v2\n")
+    assert cli("fork", d, mnt / "b").returncode == 0
+    assert (mnt / "b" / "f").read_text() == "v2\n"
+    (mnt / ".agentfs" / "ctl").write_text("detach b\n")
+    assert "b" not in os.listdir(mnt)
+    assert not (mnt / "b").exists(), "detached fork still reachable"
+    (d / "f").write_text("v3\n")
+    assert cli("fork", d, mnt / "b").returncode == 0
+    assert (mnt / "b" / "f").read_text() == "v3\n", "the new fork shows the detached one"

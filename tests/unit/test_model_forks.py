@@ -1,0 +1,291 @@
+"""The model's errors around views: EROFS for every write in a snapshot, EXDEV
+between a fork and its parent tree, and the fork/snapshot/detach API errors."""
+
+from __future__ import annotations
+
+import errno
+import stat
+
+import pytest
+from fsutil import build, cat, mkdir, mkfile, names, raises, symlink, tree
+
+from agentfs.codec import split_ino
+from agentfs.errors import FsError
+from agentfs.fs import RENAME_EXCHANGE, ROOT_INO, XATTR_CREATE, FileSystem, SetAttr
+
+SPEC: dict[str, object] = {
+    "f": b"file data",
+    "sub": {"g": b"deep", "empty": {}},
+    "link": ("->", b"f"),
+}
+
+
+@pytest.fixture
+def snap(fs: FileSystem) -> tuple[int, int]:
+    """(source dir, snapshot root) of a snapshot of /src holding SPEC."""
+    src = mkdir(fs, ROOT_INO, b"src").ino
+    build(fs, src, SPEC)
+    fs.setxattr(fs.lookup(src, b"f").ino, b"user.k", b"v")
+    s = fs.snapshot(src, b"s1")
+    return src, s.ino
+
+
+def test_snapshot_reads(fs: FileSystem, snap: tuple[int, int]) -> None:
+    src, root = snap
+    assert tree(fs, root) == SPEC
+    f = fs.lookup(root, b"f")
+    assert fs.getxattr(f.ino, b"user.k") == b"v"
+    assert fs.listxattr(f.ino) == [b"user.k"]
+    assert fs.readlink(fs.lookup(root, b"link").ino) == b"f"
+    assert fs.getattr(root).nlink == 3
+    assert split_ino(root)[0] != split_ino(src)[0]
+    assert [n for n, _ in fs.snapshots(src)] == [b"s1"]
+    assert fs.snapshot_root(src, b"s1").ino == root
+
+
+WRITES = {
+    "create": lambda fs, d, f: mkfile(fs, d, b"new"),
+    "mkdir": lambda fs, d, f: mkdir(fs, d, b"new"),
+    "symlink": lambda fs, d, f: symlink(fs, d, b"new", b"t"),
+    "mknod": lambda fs, d, f: fs.create(d, b"new", stat.S_IFIFO | 0o600, 0, 0),
+    "unlink": lambda fs, d, f: fs.unlink(d, b"f"),
+    "rmdir": lambda fs, d, f: fs.rmdir(fs.lookup(d, b"sub").ino, b"empty"),
+    "rename": lambda fs, d, f: fs.rename(d, b"f", d, b"f2"),
+    "rename_replace": lambda fs, d, f: fs.rename(d, b"link", d, b"f"),
+    "rename_exchange": lambda fs, d, f: fs.rename(d, b"link", d, b"f", RENAME_EXCHANGE),
+    "link": lambda fs, d, f: fs.link(f, d, b"f2"),
+    "write": lambda fs, d, f: fs.write(f, 0, b"X"),
+    "write_append": lambda fs, d, f: fs.write(f, 100, b"X"),
+    "truncate": lambda fs, d, f: fs.setattr(f, SetAttr(size=0)),
+    "chmod": lambda fs, d, f: fs.setattr(f, SetAttr(mode=0o600)),
+    "chown": lambda fs, d, f: fs.setattr(f, SetAttr(uid=5)),
+    "utimens": lambda fs, d, f: fs.setattr(f, SetAttr(mtime_ns=1)),
+    "chmod_root": lambda fs, d, f: fs.setattr(d, SetAttr(mode=0o700)),
+    "setxattr": lambda fs, d, f: fs.setxattr(f, b"user.new", b"v"),
+    "setxattr_create": lambda fs, d, f: fs.setxattr(f, b"user.new", b"v", XATTR_CREATE),
+    "replace_xattr": lambda fs, d, f: fs.setxattr(f, b"user.k", b"changed"),
+    "removexattr": lambda fs, d, f: fs.removexattr(f, b"user.k"),
+    "fork_into": lambda fs, d, f: fs.fork(ROOT_INO, d, b"forked"),
+    "snapshot_of": lambda fs, d, f: fs.snapshot(d, b"nested"),
+}
+
+
+@pytest.mark.parametrize("op", sorted(WRITES))
+def test_erofs_in_snapshot(fs: FileSystem, snap: tuple[int, int], op: str) -> None:
+    src, root = snap
+    f = fs.lookup(root, b"f").ino
+    before = tree(fs, root)
+    attrs = fs.getattr(f)
+    with raises(errno.EROFS):
+        WRITES[op](fs, root, f)
+    assert tree(fs, root) == before
+    assert fs.getattr(f) == attrs
+    assert fs.getxattr(f, b"user.k") == b"v"
+    # The source is untouched too.
+    assert tree(fs, src) == SPEC
+
+
+def test_erofs_deep_in_snapshot(fs: FileSystem, snap: tuple[int, int]) -> None:
+    _, root = snap
+    sub = fs.lookup(root, b"sub").ino
+    g = fs.lookup(sub, b"g").ino
+    with raises(errno.EROFS):
+        mkfile(fs, sub, b"x")
+    with raises(errno.EROFS):
+        fs.write(g, 0, b"x")
+    with raises(errno.EROFS):
+        fs.unlink(sub, b"g")
+    assert cat(fs, g) == b"deep"
+
+
+def test_snapshot_unchanged_when_source_changes(fs: FileSystem, snap: tuple[int, int]) -> None:
+    src, root = snap
+    fs.write(fs.lookup(src, b"f").ino, 0, b"FILE")
+    fs.unlink(fs.lookup(src, b"sub").ino, b"g")
+    mkfile(fs, src, b"later", b"l")
+    fs.removexattr(fs.lookup(src, b"f").ino, b"user.k")
+    assert tree(fs, root) == SPEC
+    assert fs.getxattr(fs.lookup(root, b"f").ino, b"user.k") == b"v"
+
+
+def test_rename_and_link_into_snapshot_is_exdev_or_erofs(fs: FileSystem,
+                                                        snap: tuple[int, int]) -> None:
+    """Between a snapshot and its source both EXDEV (another tree) and EROFS
+    (a read-only one) are right; what matters is that nothing changes."""
+    src, root = snap
+    ops = [
+        lambda: fs.rename(src, b"f", root, b"in"),
+        lambda: fs.rename(root, b"f", src, b"out"),
+        lambda: fs.link(fs.lookup(src, b"f").ino, root, b"in"),
+        lambda: fs.link(fs.lookup(root, b"f").ino, src, b"out"),
+        lambda: fs.rename(root, b"sub", src, b"sub2"),
+    ]
+    for op in ops:
+        with pytest.raises(FsError) as info:
+            op()
+        assert info.value.errno in (errno.EXDEV, errno.EROFS), info.value
+    assert tree(fs, src) == SPEC
+    assert tree(fs, root) == SPEC
+    assert fs.getattr(fs.lookup(src, b"f").ino).nlink == 1
+
+
+# ----------------------------------------------------------------- forks: EXDEV
+
+
+@pytest.fixture
+def forked(fs: FileSystem) -> tuple[int, int]:
+    """(source dir /src, fork root /fork) holding SPEC."""
+    src = mkdir(fs, ROOT_INO, b"src").ino
+    build(fs, src, SPEC)
+    return src, fs.fork(src, ROOT_INO, b"fork").ino
+
+
+def test_exdev_link_between_fork_and_parent(fs: FileSystem, forked: tuple[int, int]) -> None:
+    src, fork = forked
+    with raises(errno.EXDEV):
+        fs.link(fs.lookup(src, b"f").ino, fork, b"l")
+    with raises(errno.EXDEV):
+        fs.link(fs.lookup(fork, b"f").ino, src, b"l")
+    with raises(errno.EXDEV):
+        fs.link(fs.lookup(fork, b"f").ino, ROOT_INO, b"l")
+    # Within the fork, links work.
+    fs.link(fs.lookup(fork, b"f").ino, fs.lookup(fork, b"sub").ino, b"l")
+    assert fs.getattr(fs.lookup(fork, b"f").ino).nlink == 2
+    assert fs.getattr(fs.lookup(src, b"f").ino).nlink == 1
+
+
+def test_exdev_rename_between_fork_and_parent(fs: FileSystem, forked: tuple[int, int]) -> None:
+    src, fork = forked
+    with raises(errno.EXDEV):
+        fs.rename(src, b"f", fork, b"x")
+    with raises(errno.EXDEV):
+        fs.rename(fork, b"f", src, b"x")
+    with raises(errno.EXDEV):
+        fs.rename(fork, b"sub", ROOT_INO, b"x")
+    with raises(errno.EXDEV):
+        fs.rename(ROOT_INO, b"src", fork, b"x")
+    with raises(errno.EXDEV):
+        fs.rename(src, b"f", fork, b"f", RENAME_EXCHANGE)
+    # Within the fork, renames work.
+    fs.rename(fork, b"f", fs.lookup(fork, b"sub").ino, b"moved")
+    assert tree(fs, src) == SPEC
+    assert "moved" in tree(fs, fork)["sub"]  # type: ignore[operator]
+
+
+def test_rename_fork_root_within_parent(fs: FileSystem, forked: tuple[int, int]) -> None:
+    _, fork = forked
+    d = mkdir(fs, ROOT_INO, b"d")
+    fs.rename(ROOT_INO, b"fork", d.ino, b"fork2")
+    assert fs.lookup(d.ino, b"fork2").ino == fork
+    assert fs.path_ino("d/fork2/..") == d.ino
+    assert tree(fs, fork) == SPEC
+    assert fs.getattr(d.ino).nlink == 3
+
+
+def test_fork_errors(fs: FileSystem, forked: tuple[int, int]) -> None:
+    src, fork = forked
+    f = fs.lookup(src, b"f").ino
+    with raises(errno.EEXIST):
+        fs.fork(src, ROOT_INO, b"fork")
+    with raises(errno.EEXIST):
+        fs.fork(src, ROOT_INO, b"src")
+    with raises(errno.ENOTDIR):
+        fs.fork(f, ROOT_INO, b"x")
+    with raises(errno.ENOTDIR):
+        fs.fork(src, f, b"x")
+    with raises(errno.ENOENT):
+        fs.fork(ROOT_INO + 999, ROOT_INO, b"x")
+    with raises(errno.ENAMETOOLONG):
+        fs.fork(src, ROOT_INO, b"x" * 256)
+    with raises(errno.EINVAL):
+        fs.fork(src, ROOT_INO, b"a/b")
+    with raises(errno.EEXIST):
+        fs.fork(src, ROOT_INO, b".agentfs")
+    with raises(errno.ENOENT):
+        fs.fork(src, ROOT_INO, b"x", epoch=fs.epoch_now() + 100)
+    assert names(fs, ROOT_INO) == [b"fork", b"src"]
+    assert fs.getattr(ROOT_INO).nlink == 4
+
+
+def test_snapshot_api_errors(fs: FileSystem, snap: tuple[int, int]) -> None:
+    src, root = snap
+    f = fs.lookup(src, b"f").ino
+    with raises(errno.EEXIST):
+        fs.snapshot(src, b"s1")
+    with raises(errno.ENOTDIR):
+        fs.snapshot(f, b"s")
+    with raises(errno.ENOENT):
+        fs.snapshot_root(src, b"nope")
+    with raises(errno.ENOENT):
+        fs.delete_snapshot(src, b"nope")
+    with raises(errno.ENAMETOOLONG):
+        fs.snapshot(src, b"s" * 256)
+    with raises(errno.EINVAL):
+        fs.snapshot(src, b"..")
+    with raises(errno.ENOENT):
+        fs.snapshot(src, b"s2", epoch=fs.epoch_now() + 100)
+    with raises(errno.EROFS):
+        fs.snapshot(root, b"s2")
+    assert [n for n, _ in fs.snapshots(src)] == [b"s1"]
+
+
+def test_fork_of_snapshot_rejects_epoch(fs: FileSystem, snap: tuple[int, int]) -> None:
+    _, root = snap
+    with raises(errno.EINVAL):
+        fs.fork(root, ROOT_INO, b"x", epoch=1)
+
+
+def test_detach_errors(fs: FileSystem, forked: tuple[int, int]) -> None:
+    src, fork = forked
+    with raises(errno.ENOENT):
+        fs.detach(ROOT_INO, b"nope")
+    with raises(errno.EINVAL):
+        fs.detach(ROOT_INO, b"src")  # an ordinary directory
+    with raises(errno.EINVAL):
+        fs.detach(fork, b"sub")  # inside the fork, not its root
+    with raises(errno.EINVAL):
+        fs.detach(fork, b"f")
+    assert names(fs, ROOT_INO) == [b"fork", b"src"]
+
+
+def test_fork_root_can_be_emptied_and_removed(fs: FileSystem, forked: tuple[int, int]) -> None:
+    """rm -rf of a fork, as a shell would do it, then the kernel forgets."""
+    _, fork = forked
+    sub = fs.lookup(fork, b"sub").ino
+    gone = []
+    for n in (b"f", b"link"):
+        gone.append(fs.lookup(fork, n).ino)
+        fs.unlink(fork, n)
+    gone.append(fs.lookup(sub, b"g").ino)
+    fs.unlink(sub, b"g")
+    gone.append(fs.lookup(sub, b"empty").ino)
+    fs.rmdir(sub, b"empty")
+    fs.rmdir(fork, b"sub")
+    gone.append(sub)
+    fs.rmdir(ROOT_INO, b"fork")
+    assert names(fs, ROOT_INO) == [b"src"]
+    assert fs.getattr(ROOT_INO).nlink == 3
+    for ino in [*gone, fork]:
+        fs.forget(ino)
+    assert tree(fs, fs.lookup(ROOT_INO, b"src").ino) == SPEC
+
+
+def test_rmdir_empty_fork_root_before_forget(fs: FileSystem) -> None:
+    """Between rmdir and the kernel's forget the store must be consistent
+    (fsck may run while the daemon serves)."""
+    src = mkdir(fs, ROOT_INO, b"src").ino
+    fork = fs.fork(src, ROOT_INO, b"fork").ino
+    fs.rmdir(ROOT_INO, b"fork")
+    assert names(fs, ROOT_INO) == [b"src"]
+    assert fs.getattr(fork).nlink == 0
+    # (no forget: fsck runs now)
+
+
+def test_rmdir_nonempty_fork_root(fs: FileSystem, forked: tuple[int, int]) -> None:
+    with raises(errno.ENOTEMPTY):
+        fs.rmdir(ROOT_INO, b"fork")
+
+
+def test_unlink_fork_root_is_eisdir(fs: FileSystem, forked: tuple[int, int]) -> None:
+    with raises(errno.EISDIR):
+        fs.unlink(ROOT_INO, b"fork")
