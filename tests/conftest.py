@@ -63,13 +63,12 @@ class Mount:
 
     def start(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agentfs.cli", "mount", str(self.path),
-             "--store", str(self.store), "--foreground", *self.extra_args],
-            stdout=logf, stderr=subprocess.STDOUT,
-        )
-        logf.close()
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agentfs.cli", "mount", str(self.path),
+                 "--store", str(self.store), "--foreground", *self.extra_args],
+                stdout=logf, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 20
         while not is_mountpoint(self.path):
             if self.proc.poll() is not None:
