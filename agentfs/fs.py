@@ -263,7 +263,12 @@ class FileSystem:
         return a.target
 
     def readdir(self, dir_ino: int, start: int = 0) -> Iterator[DirEntry]:
-        """Entries after offset `start`, in name-hash order (stable under churn)."""
+        """Entries after offset `start`, in name-hash order (stable under churn).
+
+        Batches start small: the kernel's readdir buffer takes a few dozen
+        entries per request, and each entry costs an attribute lookup.
+        """
+        batch_size = 32
 
         def op(tx: Tx) -> list[DirEntry]:
             view, local = split_ino(dir_ino)
@@ -277,16 +282,17 @@ class FileSystem:
                 level = 0 if tview == 0 else self._level_of(tx, view, prefix + sub)
                 child = self._target(tx, view, level, tview, tlocal)
                 out.append(DirEntry(name, self._attr(tx, child), h))
-                if len(out) >= 256:
+                if len(out) >= batch_size:
                     break
             return out
 
         while True:
             batch: list[DirEntry] = self._read(op)  # type: ignore[assignment]
             yield from batch
-            if len(batch) < 256:
+            if len(batch) < batch_size:
                 return
             start = batch[-1].offset
+            batch_size = 256
 
     def _level_of(self, tx: Tx, view: int, suffix: bytes) -> int:
         found = tx.get_level(view, suffix)
