@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
-from agentfs.codec import Attr
+from agentfs.codec import Attr, split_ino
 from agentfs.control import run_command
 from agentfs.errors import FsError
 from agentfs.fs import CTLDIR, ROOT_INO, SNAPDIR, FileSystem, SetAttr
@@ -115,11 +115,12 @@ class Operations(pyfuse3.Operations):
 
     # ----------------------------------------------------------- helpers
 
-    def _entry(self, a: Attr, timeout: float = ENTRY_TIMEOUT) -> pyfuse3.EntryAttributes:
+    def _entry(self, a: Attr, timeout: float = ENTRY_TIMEOUT,
+               entry_timeout: float | None = None) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
         e.generation = 0
-        e.entry_timeout = timeout
+        e.entry_timeout = timeout if entry_timeout is None else entry_timeout
         e.attr_timeout = timeout
         e.st_mode = a.mode
         e.st_nlink = a.nlink
@@ -156,10 +157,18 @@ class Operations(pyfuse3.Operations):
             self.snapdir_of[dir_ino] = v
         return v
 
-    def _counted(self, a: Attr, timeout: float = ENTRY_TIMEOUT) -> pyfuse3.EntryAttributes:
+    def _counted(self, a: Attr, timeout: float = ENTRY_TIMEOUT,
+                 entry_timeout: float | None = None) -> pyfuse3.EntryAttributes:
         if not a.ino & VIRTUAL:
             self.lookups[a.ino] = self.lookups.get(a.ino, 0) + 1
-        return self._entry(a, timeout)
+        return self._entry(a, timeout, entry_timeout)
+
+    @staticmethod
+    def _entry_timeout(parent: int, child: int) -> float:
+        """Entries that lead into another view (fork roots) are not cached:
+        `detach` through the control file removes them, and an asynchronous
+        invalidation would leave a window where the old fork is still reached."""
+        return 0.0 if split_ino(parent)[0] != split_ino(child)[0] else ENTRY_TIMEOUT
 
     def _new_fh(self, ino: int, flags: int = 0, pid: int = 0) -> int:
         fh = self.next_fh
@@ -185,7 +194,8 @@ class Operations(pyfuse3.Operations):
             return self._entry(self._virtual_attr(self._snapdir(parent_inode)), 0)
         if name == CTLDIR and parent_inode == ROOT_INO:
             return self._entry(self._virtual_attr(CTLDIR_INO), 0)
-        return self._counted(self.fs.lookup(parent_inode, name))
+        a = self.fs.lookup(parent_inode, name)
+        return self._counted(a, entry_timeout=self._entry_timeout(parent_inode, a.ino))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
@@ -419,7 +429,8 @@ class Operations(pyfuse3.Operations):
                     return
             start_id = 2
         for ent in self.fs.readdir(ino, start_id):
-            if not pyfuse3.readdir_reply(token, ent.name, self._entry(ent.attr), ent.offset):
+            attrs = self._entry(ent.attr, entry_timeout=self._entry_timeout(ino, ent.attr.ino))
+            if not pyfuse3.readdir_reply(token, ent.name, attrs, ent.offset):
                 return
             self.lookups[ent.attr.ino] = self.lookups.get(ent.attr.ino, 0) + 1
 
