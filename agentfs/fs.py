@@ -612,42 +612,44 @@ class FileSystem:
         a.size = size
 
     def write(self, ino: int, offset: int, data: bytes) -> Attr:
-        if offset < 0:
-            raise FsError(errno.EINVAL, "negative offset")
-        if offset + len(data) > MAX_FILE_SIZE:
-            raise FsError(errno.EFBIG, "file too large")
         with self.store.write() as tx:
             self._check_rw(tx, ino)
             a = self._attr(tx, ino)
             if not a.is_reg:
                 raise FsError(errno.EISDIR if a.is_dir else errno.EINVAL, "not a regular file")
-            view, local = split_ino(ino)
-            pos, end = offset, offset + len(data)
-            mv = memoryview(data)
-            while pos < end:
-                bno, boff = divmod(pos, BLOCK_SIZE)
-                n = min(BLOCK_SIZE - boff, end - pos)
-                piece = mv[pos - offset:pos - offset + n]
-                key = block_suffix(local, bno)
-                if boff == 0 and (n == BLOCK_SIZE or pos + n >= a.size):
-                    # The write covers everything this block holds: no merge.
-                    old = tx.get(view, key) if bno * BLOCK_SIZE < a.size else None
-                    new = bytes(piece)
-                else:
-                    old = tx.get(view, key) if bno * BLOCK_SIZE < a.size else None
-                    buf = bytearray(old or b"")
-                    if len(buf) < boff:
-                        buf += bytes(boff - len(buf))
-                    buf[boff:boff + n] = piece
-                    new = bytes(buf)
-                tx.put(view, key, new)
-                a.stored += len(new) - (len(old) if old else 0)
-                pos += n
-            now = self.clock()
-            a.size = max(a.size, end)
-            a.mtime_ns = a.ctime_ns = now
-            self._put_attr(tx, a)
+            self._write(tx, a, offset, data)
             return a
+
+    def _write(self, tx: Tx, a: Attr, offset: int, data: bytes) -> None:
+        """Write `data` at `offset` into file `a` and save its attributes."""
+        if offset < 0:
+            raise FsError(errno.EINVAL, "negative offset")
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG, "file too large")
+        view, local = split_ino(a.ino)
+        pos, end = offset, offset + len(data)
+        mv = memoryview(data)
+        while pos < end:
+            bno, boff = divmod(pos, BLOCK_SIZE)
+            n = min(BLOCK_SIZE - boff, end - pos)
+            piece = mv[pos - offset:pos - offset + n]
+            key = block_suffix(local, bno)
+            old = tx.get(view, key) if bno * BLOCK_SIZE < a.size else None
+            if boff == 0 and (n == BLOCK_SIZE or pos + n >= a.size):
+                new = bytes(piece)  # covers everything this block holds: no merge
+            else:
+                buf = bytearray(old or b"")
+                if len(buf) < boff:
+                    buf += bytes(boff - len(buf))
+                buf[boff:boff + n] = piece
+                new = bytes(buf)
+            tx.put(view, key, new)
+            a.stored += len(new) - (len(old) if old else 0)
+            pos += n
+        now = self.clock()
+        a.size = max(a.size, end)
+        a.mtime_ns = a.ctime_ns = now
+        self._put_attr(tx, a)
 
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         if not name or len(name) > XATTR_NAME_MAX or b"\0" in name:
