@@ -155,10 +155,27 @@ def gc(store: Path | None, mountpoint: str | None) -> None:
     path = (store or default_store()) / "lmdb"
     if not path.exists():
         raise click.ClickException(f"no store at {path.parent}")
+    lock = _lock_unmounted(path.parent)
     fs = FileSystem(LmdbEngine(path))
     stats = collect(fs.store, everything=True)
     fs.engine.close()
+    os.close(lock)
     click.echo(" ".join(f"{k}={v}" for k, v in stats.items()))
+
+
+def _lock_unmounted(store: Path) -> int:
+    """Hold the store's lock: refuse to work on a store a daemon is serving."""
+    import fcntl
+
+    fd = os.open(store / "agentfs.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise click.ClickException(f"store {store} is mounted ({holder}); "
+                                   "use agentfs gc --mount MOUNTPOINT")
+    return fd
 
 
 @main.command()

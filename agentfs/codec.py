@@ -81,10 +81,11 @@ def birth_of(key: bytes) -> int:
 def name_hash(name: bytes) -> int:
     """Stable 62-bit hash of a directory entry name; readdir offsets are these.
 
-    Offsets 0..2 are reserved (0 = start), so hashes start at 3.
+    Offsets below 16 are reserved (0 = start, 1-2 for '.' and '..', the rest
+    for entries the daemon adds), so hashes start at 16.
     """
     h = int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big") >> 2
-    return h if h >= 3 else h + 3
+    return h if h >= 16 else h + 16
 
 
 def meta_key(name: str) -> bytes:

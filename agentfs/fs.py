@@ -472,56 +472,60 @@ class FileSystem:
                 RENAME_NOREPLACE | RENAME_EXCHANGE):
             raise FsError(errno.EINVAL, "unsupported rename flags")
         with self.store.write() as tx:
-            self._check_rw(tx, src_dir)
-            sd = self._dir(tx, src_dir)
-            dd = sd if dst_dir == src_dir else self._live_dir(tx, dst_dir)
-            if split_ino(src_dir)[0] != split_ino(dst_dir)[0]:
-                raise FsError(errno.EXDEV, "rename across forks")
-            src = self._entry(tx, src_dir, src_name)
-            if src is None:
-                raise FsError(errno.ENOENT, "no such entry")
-            self._check_reserved(dst_dir, dst_name)
-            sa = self._attr(tx, src)
-            dst = self._entry(tx, dst_dir, dst_name)
-            da = self._attr(tx, dst) if dst is not None else None
-            now = self.clock()
-            if flags & RENAME_EXCHANGE:
-                if da is None:
-                    raise FsError(errno.ENOENT, "exchange target does not exist")
-                self._exchange(tx, sd, src_name, sa, dd, dst_name, da, now)
-                return
-            if da is not None and flags & RENAME_NOREPLACE:
-                raise FsError(errno.EEXIST, "target exists")
-            if da is not None and da.ino == sa.ino:
-                return  # same inode: POSIX says do nothing
-            if sa.is_dir:
-                self._check_not_ancestor(tx, sa.ino, dd)
-            if da is not None:
-                if sa.is_dir and not da.is_dir:
-                    raise FsError(errno.ENOTDIR, "cannot replace a file with a directory")
-                if not sa.is_dir and da.is_dir:
-                    raise FsError(errno.EISDIR, "cannot replace a directory with a file")
-                if da.is_dir:
-                    self._check_empty(tx, da)
-                    da.nlink = 0
-                    da.ctime_ns = now
-                    self._put_attr(tx, da)
-                    tx.txn.put(codec.orphan_key(*split_ino(da.ino)), b"")
-                    dd.nlink -= 1
-                else:
-                    self._drop_link(tx, da, now)
-            self._unlink_entry(tx, src_dir, src_name)
-            self._link_entry(tx, dst_dir, dst_name, sa)
-            sa.ctime_ns = now
-            if sa.is_dir and dst_dir != src_dir:
-                self._set_parent(sa, dst_dir)
-                sd.nlink -= 1
-                dd.nlink += 1
-            self._put_attr(tx, sa)
-            sd.mtime_ns = sd.ctime_ns = now
-            self._put_attr(tx, sd)
-            if dd is not sd:
-                self._touch(tx, dd, now)
+            self._rename(tx, src_dir, src_name, dst_dir, dst_name, flags)
+
+    def _rename(self, tx: Tx, src_dir: int, src_name: bytes, dst_dir: int, dst_name: bytes,
+                flags: int) -> None:
+        self._check_rw(tx, src_dir)
+        sd = self._dir(tx, src_dir)
+        dd = sd if dst_dir == src_dir else self._live_dir(tx, dst_dir)
+        if split_ino(src_dir)[0] != split_ino(dst_dir)[0]:
+            raise FsError(errno.EXDEV, "rename across forks")
+        src = self._entry(tx, src_dir, src_name)
+        if src is None:
+            raise FsError(errno.ENOENT, "no such entry")
+        self._check_reserved(dst_dir, dst_name)
+        sa = self._attr(tx, src)
+        dst = self._entry(tx, dst_dir, dst_name)
+        da = self._attr(tx, dst) if dst is not None else None
+        now = self.clock()
+        if flags & RENAME_EXCHANGE:
+            if da is None:
+                raise FsError(errno.ENOENT, "exchange target does not exist")
+            self._exchange(tx, sd, src_name, sa, dd, dst_name, da, now)
+            return
+        if da is not None and flags & RENAME_NOREPLACE:
+            raise FsError(errno.EEXIST, "target exists")
+        if da is not None and da.ino == sa.ino:
+            return  # same inode: POSIX says do nothing
+        if sa.is_dir:
+            self._check_not_ancestor(tx, sa.ino, dd)
+        if da is not None:
+            if sa.is_dir and not da.is_dir:
+                raise FsError(errno.ENOTDIR, "cannot replace a file with a directory")
+            if not sa.is_dir and da.is_dir:
+                raise FsError(errno.EISDIR, "cannot replace a directory with a file")
+            if da.is_dir:
+                self._check_empty(tx, da)
+                da.nlink = 0
+                da.ctime_ns = now
+                self._put_attr(tx, da)
+                tx.txn.put(codec.orphan_key(*split_ino(da.ino)), b"")
+                dd.nlink -= 1
+            else:
+                self._drop_link(tx, da, now)
+        self._unlink_entry(tx, src_dir, src_name)
+        self._link_entry(tx, dst_dir, dst_name, sa)
+        sa.ctime_ns = now
+        if sa.is_dir and dst_dir != src_dir:
+            self._set_parent(sa, dst_dir)
+            sd.nlink -= 1
+            dd.nlink += 1
+        self._put_attr(tx, sa)
+        sd.mtime_ns = sd.ctime_ns = now
+        self._put_attr(tx, sd)
+        if dd is not sd:
+            self._touch(tx, dd, now)
 
     def _set_parent(self, a: Attr, dir_ino: int) -> None:
         pview, plocal = split_ino(dir_ino)

@@ -35,6 +35,14 @@ def is_mountpoint(path: str) -> bool:
 
 
 def check_mountpoint(path: str) -> None:
+    if not os.path.lexists(path):
+        raise MountError(f"mountpoint {path} does not exist (mkdir -p {path})")
+    if is_mountpoint(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            raise MountError(f"{path} is a dead mount ({e.strerror}); clear it with "
+                             f"fusermount3 -u -z {path}")
     if not os.path.isdir(path):
         raise MountError(f"mountpoint {path} is not a directory")
     if is_mountpoint(path):
@@ -131,7 +139,7 @@ def run_mount(mountpoint: str, store: Path, ready: callable | None = None,  # ty
         freed = fs.free_orphans()
         if freed:
             log.info("freed %d inodes unlinked while open before the last shutdown", freed)
-        ops = Operations(fs, str(store), invalidate_kernel_cache)
+        ops = Operations(fs, str(store), invalidate_kernel_cache, mountpoint)
         with fs.store.read() as tx:
             ops.gc_wanted = tx.txn.first(b"G", b"H") is not None
         try:

@@ -18,12 +18,14 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
+from agentfs.agents import Agent
 from agentfs.codec import Attr, split_ino
 from agentfs.control import run_command
 from agentfs.errors import FsError
 from agentfs.fs import CTLDIR, ROOT_INO, SNAPDIR, FileSystem, SetAttr
 from agentfs.kv import NoSpace
 
+from .agentfiles import AgentFiles
 from .errstr import ErrorLog
 
 log = logging.getLogger("agentfs.daemon")
@@ -83,13 +85,16 @@ def invalidate_kernel_cache(parent: int, name: bytes, removed: int) -> None:
 
 
 class Handle:
-    __slots__ = ("ino", "buf", "flags", "pid")
+    __slots__ = ("ino", "buf", "content", "flags", "pid", "message", "transcript")
 
     def __init__(self, ino: int, flags: int = 0, pid: int = 0) -> None:
         self.ino = ino
         self.flags = flags
         self.pid = pid  # who opened it: write() has no request context
-        self.buf = b""
+        self.buf = b""  # bytes written but not yet acted on (partial lines)
+        self.content: bytes | None = None  # what reads return, fixed at open (virtual files)
+        self.message: tuple[Agent, bytes, str] | None = None  # an inbox message being written
+        self.transcript: Agent | None = None  # appending to an agent's transcript
 
 
 class Operations(pyfuse3.Operations):
@@ -98,7 +103,7 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, fs: FileSystem, store_path: str, invalidate: Callable[[int, bytes, int], None]
-                 | None = None) -> None:
+                 | None = None, mountpoint: str = "") -> None:
         super().__init__()
         self.fs = fs
         self.store_path = store_path
@@ -112,6 +117,7 @@ class Operations(pyfuse3.Operations):
         # (tests calling handlers directly) there is no kernel cache to clear.
         self.invalidate = invalidate or (lambda parent, name, removed: None)
         self.gc_wanted = False
+        self.agentfiles = AgentFiles(fs, self.errors, mountpoint)
 
     # ----------------------------------------------------------- helpers
 
@@ -136,6 +142,8 @@ class Operations(pyfuse3.Operations):
         return e
 
     def _virtual_attr(self, ino: int) -> Attr:
+        if AgentFiles.owns(ino):
+            return self.agentfiles.virtual_attr(ino)
         root = self.fs.getattr(ROOT_INO)
         if ino in (CTL_INO, ERRSTR_INO):
             mode = stat.S_IFREG | (0o666 if ino == CTL_INO else 0o444)
@@ -186,9 +194,17 @@ class Operations(pyfuse3.Operations):
                 if name not in CTL_FILES:
                     raise FsError(errno.ENOENT)
                 return self._entry(self._virtual_attr(CTL_FILES[name]), 0)
+            if parent_inode not in self.snapdirs:
+                raise FsError(errno.ENOENT)
+            turn = self.agentfiles.turn_snapshot(self.snapdirs[parent_inode], name)
+            if turn is not None:
+                return self._counted(turn, timeout=0)
             # Not cached: `unsnapshot` through the control file removes these.
             a = self.fs.snapshot_root(self.snapdirs[parent_inode], name)
             return self._counted(a, timeout=0)
+        special = self.agentfiles.lookup(parent_inode, name)
+        if special is not None:
+            return self._entry(special, 0)
         if name == SNAPDIR:
             self.fs.getattr(parent_inode)
             return self._entry(self._virtual_attr(self._snapdir(parent_inode)), 0)
@@ -223,6 +239,8 @@ class Operations(pyfuse3.Operations):
             if inode == CTL_INO and fields.update_size:
                 return self._entry(self._virtual_attr(inode), 0)  # `>` truncates: allow
             raise FsError(errno.EPERM, "agentfs control files cannot be changed")
+        if fields.update_size:
+            self.agentfiles.check(inode, "truncate", ctx.pid)
         ch = SetAttr(
             mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
@@ -260,6 +278,9 @@ class Operations(pyfuse3.Operations):
         snap_of = self._in_snapdir(parent_inode)
         if snap_of is not None:
             return self._counted(self.fs.snapshot(snap_of, name))
+        spawned = self.agentfiles.mkdir(parent_inode, name, ctx.pid, ctx.uid, ctx.gid)
+        if spawned is not None:
+            return self._counted(spawned, entry_timeout=0)
         return self._counted(self.fs.create(parent_inode, name, stat.S_IFDIR | mode,
                                             ctx.uid, ctx.gid))
 
@@ -277,15 +298,26 @@ class Operations(pyfuse3.Operations):
                                                            pyfuse3.EntryAttributes]:
         if self._in_snapdir(parent_inode) is not None:
             raise FsError(errno.EPERM, "only directories (snapshots) can be made in .snapshots")
-        a = self.fs.create(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid,
-                           ctx.gid)
-        fi = pyfuse3.FileInfo(fh=self._new_fh(a.ino, flags), keep_cache=True)
-        return fi, self._counted(a)
+        staged = self.agentfiles.create(parent_inode, name, ctx.pid, ctx.uid, ctx.gid,
+                                        nonce=self.next_fh)
+        message = None
+        if staged is not None:
+            a, message = staged
+        else:
+            a = self.fs.create(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid,
+                               ctx.gid)
+        fh = self._new_fh(a.ino, flags, ctx.pid)
+        self.handles[fh].message = message
+        fi = pyfuse3.FileInfo(fh=fh, keep_cache=message is None, direct_io=message is not None)
+        # A message's name changes when it is delivered: the kernel must not
+        # keep the name it was created under.
+        return fi, self._counted(a, entry_timeout=0 if message else None)
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         if self._in_snapdir(parent_inode) is not None:
             raise FsError(errno.EISDIR, "snapshots are removed with rmdir")
+        self.agentfiles.check(self.fs.lookup(parent_inode, name).ino, "unlink", ctx.pid)
         self.fs.unlink(parent_inode, name)
 
     @fuse_errors
@@ -295,6 +327,7 @@ class Operations(pyfuse3.Operations):
             self.fs.delete_snapshot(snap_of, name)
             self.gc_wanted = True
             return
+        self.agentfiles.check(self.fs.lookup(parent_inode, name).ino, "unlink", ctx.pid)
         self.fs.rmdir(parent_inode, name)
 
     @fuse_errors
@@ -302,6 +335,13 @@ class Operations(pyfuse3.Operations):
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         if (parent_inode_old | parent_inode_new) & VIRTUAL:
             raise FsError(errno.EPERM, "snapshots and control files cannot be renamed")
+        self.agentfiles.check(self.fs.lookup(parent_inode_old, name_old).ino, "rename", ctx.pid)
+        try:
+            self.agentfiles.check(self.fs.lookup(parent_inode_new, name_new).ino, "rename",
+                                  ctx.pid)
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
         self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     @fuse_errors
@@ -315,6 +355,11 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if AgentFiles.owns(inode):
+            fh = self._new_fh(inode, flags, ctx.pid)
+            if not AgentFiles.is_wait(inode):
+                self.handles[fh].content = self.agentfiles.content(inode, ctx.pid)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if inode & VIRTUAL:
             if inode not in (CTL_INO, ERRSTR_INO):
                 raise FsError(errno.EISDIR)
@@ -324,6 +369,15 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC) and self.fs.is_readonly(inode):
             raise FsError(errno.EROFS, "snapshots are read-only")
+        transcript = self.agentfiles.is_transcript(inode)
+        if flags & (os.O_WRONLY | os.O_RDWR) and transcript is None:
+            self.agentfiles.check(inode, "write", ctx.pid)
+        if flags & os.O_TRUNC and self.fs.getattr(inode).size:
+            self.agentfiles.check(inode, "truncate", ctx.pid)
+        if transcript is not None and flags & (os.O_WRONLY | os.O_RDWR):
+            fh = self._new_fh(inode, flags, ctx.pid)
+            self.handles[fh].transcript = transcript
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if flags & os.O_TRUNC:
             # libfuse negotiates atomic O_TRUNC: the kernel sends no separate setattr.
             a = self.fs.setattr(inode, SetAttr(size=0))
@@ -336,6 +390,12 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handles[fh]
+        if AgentFiles.is_wait(h.ino):
+            if h.content is None:
+                h.content = await self.agentfiles.wait(h.ino)
+            return h.content[off:off + size]
+        if h.content is not None:
+            return h.content[off:off + size]
         if h.ino == ERRSTR_INO:
             return h.buf[off:off + size]
         if h.ino == CTL_INO:
@@ -351,8 +411,18 @@ class Operations(pyfuse3.Operations):
                 line, h.buf = h.buf.split(b"\n", 1)
                 self._control(h, line)
             return len(buf)
+        if AgentFiles.owns(h.ino):
+            pending = h.buf + buf
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                self.agentfiles.control(h.ino, line, h.pid)
+            h.buf = pending
+            return len(buf)
         if h.ino & VIRTUAL:
             raise FsError(errno.EBADF)
+        if h.transcript is not None:
+            h.buf = self.agentfiles.append_lines(h.transcript, h.buf + buf, h.pid)
+            return len(buf)
         self.fs.write(h.ino, off, buf)
         return len(buf)
 
@@ -381,6 +451,17 @@ class Operations(pyfuse3.Operations):
         if h is not None and h.ino == CTL_INO and h.buf:
             line, h.buf = h.buf, b""
             self._control(h, line)
+        elif h is not None and h.message is not None:
+            staged, h.message = h.message, None
+            self.agentfiles.deliver(staged)
+        elif h is not None and h.transcript is not None and h.buf:
+            rest, h.buf = h.buf, b""
+            self.errors.record(h.pid, f"agents/{h.transcript.name}/transcript: incomplete "
+                               f"line refused (no newline): {rest[:80]!r}")
+            raise FsError(errno.EINVAL, "incomplete transcript line")
+        elif h is not None and AgentFiles.owns(h.ino) and h.buf:
+            line, h.buf = h.buf, b""
+            self.agentfiles.control(h.ino, line, h.pid)
 
     async def release(self, fh: int) -> None:
         self.handles.pop(fh, None)
@@ -428,7 +509,15 @@ class Operations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, self._entry(a), off):
                     return
             start_id = 2
+        # Offsets 3-15 are for the agent files the daemon adds (virtual: not counted).
+        for off, (name, a) in enumerate(self.agentfiles.extra_entries(ino), 3):
+            if off > start_id:
+                if not pyfuse3.readdir_reply(token, name, self._entry(a, 0), off):
+                    return
+                start_id = off
         for ent in self.fs.readdir(ino, start_id):
+            if self.agentfiles.hidden(ino, ent.name):
+                continue
             attrs = self._entry(ent.attr, entry_timeout=self._entry_timeout(ino, ent.attr.ino))
             if not pyfuse3.readdir_reply(token, ent.name, attrs, ent.offset):
                 return

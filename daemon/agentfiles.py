@@ -1,0 +1,301 @@
+"""The agent layer's files, as the kernel sees them.
+
+Routes requests on `agents/NAME/...` to `agentfs.agents`: spawning on mkdir,
+append-only transcripts, frozen prompts, atomic inbox delivery, blocking
+`inbox/.wait`, and the virtual files every agent has (`ctl`, `errstr`,
+`status`, `parent`, `children`, `context.json`). Everything here is
+translation; the rules live in the core.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import stat
+import time
+
+import trio
+
+from agentfs import agents as ag
+from agentfs.agents import AGENTS_DIR, Agent, Agents, Role
+from agentfs.codec import Attr, split_ino
+from agentfs.errors import FsError
+from agentfs.fs import ROOT_INO, FileSystem
+
+from .errstr import ErrorLog
+
+AGENT_FILE = 1 << 62  # virtual inode space for agent files: | view << 16 | kind
+WAIT_FILE = 1 << 61  # inbox/.wait-SECONDS: | view << 16 | seconds
+VIEW_MASK = (1 << 40) - 1
+FILES = {b"ctl": 1, b"errstr": 2, b"status": 3, b"context.json": 4, b"parent": 5,
+         b"children": 6}
+KIND_NAMES = {v: k for k, v in FILES.items()}
+DEFAULT_WAIT = 60
+MAX_WAIT = 3600
+
+
+def agent_file_ino(view: int, kind: int) -> int:
+    return (1 << 63) | AGENT_FILE | (view << 16) | kind
+
+
+def wait_ino(view: int, seconds: int) -> int:
+    return (1 << 63) | WAIT_FILE | (view << 16) | seconds
+
+
+class AgentFiles:
+    def __init__(self, fs: FileSystem, errors: ErrorLog, mountpoint: str = "") -> None:
+        self.fs = fs
+        self.agents = Agents(fs)
+        self.errors = errors
+        self.mountpoint = os.path.realpath(mountpoint) if mountpoint else ""
+        self.arrivals: dict[int, trio.Event] = {}  # view -> set when a message lands
+        dropped = ag.drop_staged(self.agents)
+        self.dropped_at_start = dropped
+
+    # ------------------------------------------------------------ identification
+
+    @staticmethod
+    def owns(ino: int) -> bool:
+        return bool(ino >> 63) and bool(ino & (AGENT_FILE | WAIT_FILE))
+
+    @staticmethod
+    def is_wait(ino: int) -> bool:
+        return bool(ino >> 63) and bool(ino & WAIT_FILE)
+
+    def _decode(self, ino: int) -> tuple[Agent, int]:
+        view = (ino >> 16) & VIEW_MASK
+        a = self.agents.by_view(view)
+        if a is None:
+            raise FsError(errno.ENOENT, "the agent is gone")
+        return a, ino & 0xFFFF
+
+    def role(self, ino: int) -> tuple[Agent, Role] | None:
+        if ino >> 63:
+            return None
+        return self.agents.role_of(ino)
+
+    def sender(self, pid: int) -> str:
+        """Who a process speaks for: $AGENTFS_AGENT, else the agent whose
+        directory it works in, else its pid."""
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                for var in f.read().split(b"\0"):
+                    if var.startswith(b"AGENTFS_AGENT="):
+                        return var.split(b"=", 1)[1].decode(errors="replace")
+        except OSError:
+            pass
+        if self.mountpoint:
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                cwd = ""
+            prefix = os.path.join(self.mountpoint, "agents") + "/"
+            if cwd.startswith(prefix):
+                return cwd[len(prefix):].split("/", 1)[0]
+        return f"pid{pid}"
+
+    # ------------------------------------------------------------ namespace
+
+    def lookup(self, parent: int, name: bytes) -> Attr | None:
+        r = self.role(parent)
+        if r is None:
+            return None
+        a, role = r
+        if role is Role.ROOT and name in FILES:
+            return self.virtual_attr(agent_file_ino(a.view, FILES[name]))
+        if role is Role.INBOX and (name == b".wait" or name.startswith(b".wait-")):
+            secs = DEFAULT_WAIT
+            if name != b".wait":
+                try:
+                    secs = int(name[6:])
+                except ValueError:
+                    raise FsError(errno.ENOENT, "use inbox/.wait or inbox/.wait-SECONDS")
+                if not 0 <= secs <= MAX_WAIT:
+                    raise FsError(errno.ENOENT, f"wait at most {MAX_WAIT} seconds")
+            return self.virtual_attr(wait_ino(a.view, secs))
+        return None
+
+    def virtual_attr(self, ino: int) -> Attr:
+        a, kind = self._decode(ino)
+        root = self.agents.attr_of(a, Role.ROOT)
+        writable = ino & AGENT_FILE and kind in (FILES[b"ctl"], FILES[b"parent"])
+        mode = stat.S_IFREG | (0o666 if writable else 0o444)
+        return Attr(mode, root.uid, root.gid, nlink=1, atime_ns=root.mtime_ns,
+                    mtime_ns=root.mtime_ns, ctime_ns=root.ctime_ns, ino=ino)
+
+    def extra_entries(self, dir_ino: int) -> list[tuple[bytes, Attr]]:
+        """Entries readdir adds to an agent's directory."""
+        r = self.role(dir_ino)
+        if r is None or r[1] is not Role.ROOT:
+            return []
+        return [(n, self.virtual_attr(agent_file_ino(r[0].view, k)))
+                for n, k in sorted(FILES.items())]
+
+    def hidden(self, dir_ino: int, name: bytes) -> bool:
+        """Messages still being written are not listed."""
+        return name.startswith(ag.STAGED_PREFIX) and (r := self.role(dir_ino)) is not None \
+            and r[1] is Role.INBOX
+
+    def _is_agents_dir(self, ino: int) -> bool:
+        """`MOUNT/agents` (made by the first `mkdir MOUNT/agents` or spawn)."""
+        try:
+            return self.fs.lookup(ROOT_INO, AGENTS_DIR).ino == ino
+        except FsError:
+            return False
+
+    def mkdir(self, parent: int, name: bytes, pid: int, uid: int, gid: int) -> Attr | None:
+        if not self._is_agents_dir(parent):
+            return None
+        spawner = self.sender(pid)
+        if self.agents.by_name(spawner) is None:
+            spawner = ""
+        a = self.agents.spawn(name, spawner, uid, gid)
+        return self.fs.getattr(a.root_ino)
+
+    def create(self, parent: int, name: bytes, pid: int, uid: int, gid: int,
+               nonce: int) -> tuple[Attr, tuple[Agent, bytes, str]] | None:
+        r = self.role(parent)
+        if r is None or r[1] is not Role.INBOX:
+            return None
+        a = r[0]
+        attr = ag.stage_message(self.agents, a, name, nonce, uid, gid)
+        staged = ag.STAGED_PREFIX + b"%d-" % nonce + name
+        return attr, (a, staged[:255], self.sender(pid))
+
+    def deliver(self, staged: tuple[Agent, bytes, str]) -> None:
+        a, name, sender = staged
+        ag.deliver_message(self.agents, a, name, sender)
+        ev = self.arrivals.pop(a.view, None)
+        if ev is not None:
+            ev.set()
+
+    def check(self, ino: int, what: str, pid: int) -> None:
+        """EPERM (reason in errstr) for what an agent's skeleton file does not allow."""
+        r = self.role(ino)
+        if r is None:
+            return
+        try:
+            ag.refuse_change(r[0], r[1], what)
+        except FsError as e:
+            self.errors.record(pid, e.message)
+            raise
+
+    # ------------------------------------------------------------ content
+
+    def is_transcript(self, ino: int) -> Agent | None:
+        r = self.role(ino)
+        return r[0] if r is not None and r[1] is Role.TRANSCRIPT else None
+
+    def append_lines(self, a: Agent, buf: bytes, pid: int) -> bytes:
+        """Append every complete line of `buf`; return the incomplete rest."""
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            try:
+                self.agents.append(a.name, line)
+            except ValueError as e:
+                self.errors.record(pid, f"agents/{a.name}/transcript: line refused: {e}")
+                raise FsError(errno.EINVAL, str(e))
+        return buf
+
+    def content(self, ino: int, pid: int) -> bytes:
+        """What reading a virtual agent file returns (fixed at open)."""
+        if ino & WAIT_FILE:
+            return b""
+        a, kind = self._decode(ino)
+        name = KIND_NAMES[kind]
+        if name == b"errstr":
+            return self.errors.for_pid(pid).encode()
+        if name in (b"ctl", b"status"):
+            return f"{a.status} turns={a.turns}\n".encode()
+        if name == b"parent":
+            return (a.parent + "\n").encode() if a.parent else b""
+        if name == b"children":
+            return "".join(c + "\n" for c in self.agents.children(a.name)).encode()
+        return self.render_context(a)
+
+    def render_context(self, a: Agent) -> bytes:
+        from agentfs.contextfile import render_agent_context
+
+        return render_agent_context(self.agents, a)
+
+    async def wait(self, ino: int) -> bytes:
+        """inbox/.wait: block until a message is there (or the timeout); print its name."""
+        a, secs = self._decode(ino)
+        with trio.move_on_after(secs):
+            while True:
+                names = ag.inbox_messages(self.agents, self.agents.get(a.name))
+                if names:
+                    return names[0] + b"\n"
+                ev = self.arrivals.setdefault(a.view, trio.Event())
+                await ev.wait()
+        return b""
+
+    # ------------------------------------------------------------ control
+
+    def control(self, ino: int, line: bytes, pid: int) -> None:
+        a, kind = self._decode(ino)
+        text = line.decode("utf-8", "replace").strip()
+        try:
+            if KIND_NAMES[kind] == b"parent":
+                self._set_parent(a, text)
+            else:
+                self._command(a, text)
+        except FsError as e:
+            self.errors.record(pid, f"agents/{a.name}/{KIND_NAMES[kind].decode()}: {text}: "
+                               f"{e.message}")
+            raise
+
+    def _set_parent(self, a: Agent, text: str) -> None:
+        if a.parent:
+            raise FsError(errno.EEXIST, f"parent is already {a.parent}")
+        self.agents.set_parent(a.name, text)
+
+    def _command(self, a: Agent, text: str) -> None:
+        try:
+            words = shlex.split(text)
+        except ValueError as e:
+            raise FsError(errno.EINVAL, f"cannot parse: {e}")
+        if not words:
+            return
+        cmd, args = words[0], words[1:]
+        usage = ("commands: fork NEW | fork NEW at TURN | snapshot NAME | "
+                 "status idle|running|waiting|done|failed | remove")
+        if cmd == "fork" and len(args) in (1, 3):
+            turn = None
+            if len(args) == 3:
+                if args[1] != "at" or not args[2].isdigit():
+                    raise FsError(errno.EINVAL, "usage: fork NEW at TURN")
+                turn = int(args[2])
+            self.agents.fork(a.name, args[0].encode(), turn)
+        elif cmd == "snapshot" and len(args) == 1:
+            self.fs.snapshot(a.root_ino, args[0].encode())
+        elif cmd == "status" and len(args) == 1:
+            self.agents.set_status(a.name, args[0])
+        elif cmd == "remove" and not args:
+            self.agents.remove(a.name)
+        else:
+            raise FsError(errno.EINVAL, f"unknown command or bad arguments {text!r}; {usage}")
+
+    def turn_snapshot(self, dir_ino: int, name: bytes) -> Attr | None:
+        """`.snapshots/turn-N` of an agent: the agent as it was after turn N."""
+        r = self.role(dir_ino)
+        if r is None or r[1] is not Role.ROOT or not name.startswith(b"turn-"):
+            return None
+        try:
+            turn = int(name[5:])
+        except ValueError:
+            return None
+        owner, epoch = self.agents.turn_epoch(r[0].name, turn)
+        try:
+            return self.fs.snapshot_root(owner.root_ino, name)
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        return self.fs.snapshot(owner.root_ino, name, epoch)
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def view_of(self, ino: int) -> int:
+        return split_ino(ino)[0]
