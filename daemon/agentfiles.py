@@ -14,6 +14,7 @@ import os
 import shlex
 import stat
 import time
+from importlib import resources
 
 import trio
 
@@ -22,11 +23,15 @@ from agentfs.agents import AGENTS_DIR, Agent, Agents, Role
 from agentfs.codec import Attr, split_ino
 from agentfs.errors import FsError
 from agentfs.fs import ROOT_INO, FileSystem
+from agentfs.render import Observation, extract_observations
 
 from .errstr import ErrorLog
 
 AGENT_FILE = 1 << 62  # virtual inode space for agent files: | view << 16 | kind
 WAIT_FILE = 1 << 61  # inbox/.wait-SECONDS: | view << 16 | seconds
+OBS_FILE = 1 << 60  # observations/ID: | view << 32 | turn << 8 | index
+GUIDE_INO = (1 << 63) | (1 << 59)  # MOUNT/AGENTS.md
+OBS_DIR_KIND = 7
 VIEW_MASK = (1 << 40) - 1
 FILES = {b"ctl": 1, b"errstr": 2, b"status": 3, b"context.json": 4, b"parent": 5,
          b"children": 6}
@@ -43,6 +48,13 @@ def wait_ino(view: int, seconds: int) -> int:
     return (1 << 63) | WAIT_FILE | (view << 16) | seconds
 
 
+def obs_ino(view: int, turn: int, index: int) -> int:
+    return (1 << 63) | OBS_FILE | (view << 32) | (turn << 8) | index
+
+
+GUIDE = (resources.files("agentfs") / "data" / "AGENTS.md").read_bytes()
+
+
 class AgentFiles:
     def __init__(self, fs: FileSystem, errors: ErrorLog, mountpoint: str = "") -> None:
         self.fs = fs
@@ -50,6 +62,7 @@ class AgentFiles:
         self.errors = errors
         self.mountpoint = os.path.realpath(mountpoint) if mountpoint else ""
         self.arrivals: dict[int, trio.Event] = {}  # view -> set when a message lands
+        self._obs_cache: dict[int, tuple[int, list[Observation]]] = {}
         dropped = ag.drop_staged(self.agents)
         self.dropped_at_start = dropped
 
@@ -57,13 +70,20 @@ class AgentFiles:
 
     @staticmethod
     def owns(ino: int) -> bool:
-        return bool(ino >> 63) and bool(ino & (AGENT_FILE | WAIT_FILE))
+        return bool(ino >> 63) and bool(ino & (AGENT_FILE | WAIT_FILE | OBS_FILE)
+                                        or ino == GUIDE_INO)
 
     @staticmethod
     def is_wait(ino: int) -> bool:
         return bool(ino >> 63) and bool(ino & WAIT_FILE)
 
     def _decode(self, ino: int) -> tuple[Agent, int]:
+        if ino & OBS_FILE:
+            view = (ino >> 32) & 0x7FFFFFF
+            a = self.agents.by_view(view)
+            if a is None:
+                raise FsError(errno.ENOENT, "the agent is gone")
+            return a, ino & 0xFFFFFFFF
         view = (ino >> 16) & VIEW_MASK
         a = self.agents.by_view(view)
         if a is None:
@@ -98,10 +118,20 @@ class AgentFiles:
     # ------------------------------------------------------------ namespace
 
     def lookup(self, parent: int, name: bytes) -> Attr | None:
+        if parent == ROOT_INO and name == b"AGENTS.md":
+            return self.virtual_attr(GUIDE_INO)
+        if parent & AGENT_FILE and parent >> 63 and parent & 0xFFFF == OBS_DIR_KIND:
+            a, _ = self._decode(parent)
+            for obs, ino in self._obs_entries(a):
+                if obs.id.encode() == name:
+                    return self.virtual_attr(ino)
+            raise FsError(errno.ENOENT, f"no observation {name!r}")
         r = self.role(parent)
         if r is None:
             return None
         a, role = r
+        if role is Role.ROOT and name == b"observations":
+            return self.virtual_attr(agent_file_ino(a.view, OBS_DIR_KIND))
         if role is Role.ROOT and name in FILES:
             return self.virtual_attr(agent_file_ino(a.view, FILES[name]))
         if role is Role.INBOX and (name == b".wait" or name.startswith(b".wait-")):
@@ -117,20 +147,76 @@ class AgentFiles:
         return None
 
     def virtual_attr(self, ino: int) -> Attr:
+        if ino == GUIDE_INO:
+            root = self.fs.getattr(ROOT_INO)
+            return Attr(stat.S_IFREG | 0o444, 0, 0, size=len(GUIDE), atime_ns=root.ctime_ns,
+                        mtime_ns=root.ctime_ns, ctime_ns=root.ctime_ns, ino=ino)
         a, kind = self._decode(ino)
         root = self.agents.attr_of(a, Role.ROOT)
-        writable = ino & AGENT_FILE and kind in (FILES[b"ctl"], FILES[b"parent"])
-        mode = stat.S_IFREG | (0o666 if writable else 0o444)
-        return Attr(mode, root.uid, root.gid, nlink=1, atime_ns=root.mtime_ns,
+        size = 0
+        if ino & OBS_FILE:
+            mode = stat.S_IFREG | 0o444
+            size = self._observation(a, kind).size
+        elif ino & AGENT_FILE and kind == OBS_DIR_KIND:
+            mode = stat.S_IFDIR | 0o555
+        else:
+            writable = ino & AGENT_FILE and kind in (FILES[b"ctl"], FILES[b"parent"])
+            mode = stat.S_IFREG | (0o666 if writable else 0o444)
+        return Attr(mode, root.uid, root.gid, nlink=1, size=size, atime_ns=root.mtime_ns,
                     mtime_ns=root.mtime_ns, ctime_ns=root.ctime_ns, ino=ino)
 
+    def observations(self, a: Agent) -> list[Observation]:
+        """Bulky tool results in the transcript (cached per agent and turn count)."""
+        cached = self._obs_cache.get(a.view)
+        if cached is not None and cached[0] == a.turns:
+            return cached[1]
+        from agentfs.contextfile import agent_inputs
+
+        _, _, _, lines, policy = agent_inputs(self.agents, a)
+        found: list[Observation] = []
+        for turn, msg in enumerate(lines, 1):
+            found += extract_observations(turn, msg, policy.observation_threshold_bytes)
+        self._obs_cache[a.view] = (a.turns, found)
+        return found
+
+    def _observation(self, a: Agent, key: int) -> Observation:
+        turn, k = key >> 8, key & 0xFF
+        found = [o for o in self.observations(a) if o.turn == turn]
+        if k >= len(found):
+            raise FsError(errno.ENOENT, "no such observation")
+        return found[k]
+
+    def _obs_entries(self, a: Agent) -> list[tuple[Observation, int]]:
+        """Each observation with its inode (turn and index within the turn)."""
+        out, seen = [], {}  # type: ignore[var-annotated]
+        for o in self.observations(a):
+            k = seen.get(o.turn, 0)
+            seen[o.turn] = k + 1
+            if k < 256:
+                out.append((o, obs_ino(a.view, o.turn, k)))
+        return out
+
     def extra_entries(self, dir_ino: int) -> list[tuple[bytes, Attr]]:
-        """Entries readdir adds to an agent's directory."""
+        """Entries readdir adds: AGENTS.md at the root (once agents/ exists),
+        an agent's virtual files, the files of its observations/."""
+        if dir_ino == ROOT_INO:
+            return [(b"AGENTS.md", self.virtual_attr(GUIDE_INO))] \
+                if self.agents_dir_exists() else []
+        if dir_ino >> 63 and dir_ino & AGENT_FILE and dir_ino & 0xFFFF == OBS_DIR_KIND:
+            a, _ = self._decode(dir_ino)
+            return [(o.id.encode(), self.virtual_attr(ino)) for o, ino in self._obs_entries(a)]
         r = self.role(dir_ino)
         if r is None or r[1] is not Role.ROOT:
             return []
-        return [(n, self.virtual_attr(agent_file_ino(r[0].view, k)))
-                for n, k in sorted(FILES.items())]
+        kinds = sorted([*FILES.items(), (b"observations", OBS_DIR_KIND)])
+        return [(n, self.virtual_attr(agent_file_ino(r[0].view, k))) for n, k in kinds]
+
+    def agents_dir_exists(self) -> bool:
+        try:
+            self.fs.lookup(ROOT_INO, AGENTS_DIR)
+        except FsError:
+            return False
+        return True
 
     def hidden(self, dir_ino: int, name: bytes) -> bool:
         """Messages still being written are not listed."""
@@ -200,9 +286,13 @@ class AgentFiles:
 
     def content(self, ino: int, pid: int) -> bytes:
         """What reading a virtual agent file returns (fixed at open)."""
+        if ino == GUIDE_INO:
+            return GUIDE
         if ino & WAIT_FILE:
             return b""
         a, kind = self._decode(ino)
+        if ino & OBS_FILE:
+            return self._observation(a, kind).text
         name = KIND_NAMES[kind]
         if name == b"errstr":
             return self.errors.for_pid(pid).encode()

@@ -189,6 +189,11 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> pyfuse3.EntryAttributes:
+        if AgentFiles.owns(parent_inode):
+            found = self.agentfiles.lookup(parent_inode, name)
+            if found is None:
+                raise FsError(errno.ENOENT)
+            return self._entry(found, 0)
         if parent_inode & VIRTUAL:
             if parent_inode == CTLDIR_INO:
                 if name not in CTL_FILES:
@@ -475,7 +480,10 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if inode & VIRTUAL:
-            if inode != CTLDIR_INO and inode not in self.snapdirs:
+            if AgentFiles.owns(inode):
+                if not stat.S_ISDIR(self.agentfiles.virtual_attr(inode).mode):
+                    raise FsError(errno.ENOTDIR)
+            elif inode != CTLDIR_INO and inode not in self.snapdirs:
                 raise FsError(errno.ENOTDIR)
         else:
             a = self.fs.getattr(inode)
@@ -486,6 +494,12 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         ino = self.handles[fh].ino
+        if AgentFiles.owns(ino):  # an agent's observations/
+            for off, (name, a) in enumerate(self.agentfiles.extra_entries(ino), 1):
+                if off > start_id and not pyfuse3.readdir_reply(token, name,
+                                                                 self._entry(a, 0), off):
+                    return
+            return
         if ino == CTLDIR_INO:
             for i, (name, vino) in enumerate(sorted(CTL_FILES.items())):
                 if i + 1 > start_id and not pyfuse3.readdir_reply(
