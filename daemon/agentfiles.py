@@ -218,6 +218,10 @@ class AgentFiles:
             return False
         return True
 
+    def is_inbox(self, dir_ino: int) -> bool:
+        r = self.role(dir_ino)
+        return r is not None and r[1] is Role.INBOX
+
     def hidden(self, dir_ino: int, name: bytes) -> bool:
         """Messages still being written are not listed."""
         return name.startswith(ag.STAGED_PREFIX) and (r := self.role(dir_ino)) is not None \
@@ -255,6 +259,33 @@ class AgentFiles:
         ev = self.arrivals.pop(a.view, None)
         if ev is not None:
             ev.set()
+
+    def held_open(self, pid: int, ino: int) -> bool:
+        """Does process `pid` still have file `ino` of this mount open?
+
+        flush() comes on every close of any copy of a descriptor (a child that
+        inherited it, a command run inside a shell redirection); the closing
+        descriptor is already gone from its table, so if the process that
+        opened the file still holds it, this was not the last close. Reads
+        /proc only (fdinfo and readlink), never a path inside the mount, which
+        would need this very daemon to answer.
+        """
+        try:
+            fds = os.listdir(f"/proc/{pid}/fdinfo")
+        except OSError:
+            return False
+        want = f"ino:\t{ino}\n"
+        for fd in fds:
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    if want not in f.read():
+                        continue
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if not self.mountpoint or target.startswith(self.mountpoint + "/"):
+                return True
+        return False
 
     def check(self, ino: int, what: str, pid: int) -> None:
         """EPERM (reason in errstr) for what an agent's skeleton file does not allow."""

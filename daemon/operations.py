@@ -85,7 +85,7 @@ def invalidate_kernel_cache(parent: int, name: bytes, removed: int) -> None:
 
 
 class Handle:
-    __slots__ = ("ino", "buf", "content", "flags", "pid", "message", "transcript")
+    __slots__ = ("ino", "buf", "content", "flags", "pid", "message", "transcript", "listing")
 
     def __init__(self, ino: int, flags: int = 0, pid: int = 0) -> None:
         self.ino = ino
@@ -95,6 +95,7 @@ class Handle:
         self.content: bytes | None = None  # what reads return, fixed at open (virtual files)
         self.message: tuple[Agent, bytes, str] | None = None  # an inbox message being written
         self.transcript: Agent | None = None  # appending to an agent's transcript
+        self.listing: list[tuple[bytes, Attr]] | None = None  # an inbox as it was at opendir
 
 
 class Operations(pyfuse3.Operations):
@@ -456,10 +457,17 @@ class Operations(pyfuse3.Operations):
         if h is not None and h.ino == CTL_INO and h.buf:
             line, h.buf = h.buf, b""
             self._control(h, line)
-        elif h is not None and h.message is not None:
+        elif (h is not None and (h.message is not None or h.transcript is not None)
+              and not self.agentfiles.held_open(h.pid, h.ino)):
+            # Only the last close counts: not a child's inherited copy.
+            self._last_close(h)
+
+    def _last_close(self, h: Handle) -> None:
+        """Deliver a message; refuse a transcript line that never got its newline."""
+        if h.message is not None:
             staged, h.message = h.message, None
             self.agentfiles.deliver(staged)
-        elif h is not None and h.transcript is not None and h.buf:
+        elif h.transcript is not None and h.buf:
             rest, h.buf = h.buf, b""
             self.errors.record(h.pid, f"agents/{h.transcript.name}/transcript: incomplete "
                                f"line refused (no newline): {rest[:80]!r}")
@@ -469,7 +477,15 @@ class Operations(pyfuse3.Operations):
             self.agentfiles.control(h.ino, line, h.pid)
 
     async def release(self, fh: int) -> None:
-        self.handles.pop(fh, None)
+        h = self.handles.pop(fh, None)
+        if h is not None and (h.message is not None or h.buf and h.transcript is not None):
+            # The opener passed the descriptor on and closed before its heirs.
+            try:
+                self._last_close(h)
+            except FsError:
+                pass  # release cannot fail; the reason is in errstr
+            except Exception:
+                log.exception("release(%d) failed", fh)
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -489,7 +505,15 @@ class Operations(pyfuse3.Operations):
             a = self.fs.getattr(inode)
             if not a.is_dir:
                 raise FsError(errno.ENOTDIR)
-        return self._new_fh(inode)
+        fh = self._new_fh(inode)
+        if self.agentfiles.is_inbox(inode):
+            # One consistent listing per opendir, in arrival order: a message
+            # delivered between two readdir pages must not show its successor
+            # without it.
+            self.handles[fh].listing = sorted(
+                (e.name, e.attr) for e in self.fs.readdir(inode)
+                if not self.agentfiles.hidden(inode, e.name))
+        return fh
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -529,6 +553,14 @@ class Operations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, self._entry(a, 0), off):
                     return
                 start_id = off
+        listing = self.handles[fh].listing
+        if listing is not None:
+            for off, (name, a) in enumerate(listing, 16):
+                if off > start_id:
+                    if not pyfuse3.readdir_reply(token, name, self._entry(a), off):
+                        return
+                    self.lookups[a.ino] = self.lookups.get(a.ino, 0) + 1
+            return
         for ent in self.fs.readdir(ino, start_id):
             if self.agentfiles.hidden(ino, ent.name):
                 continue
