@@ -1,4 +1,5 @@
-"""The `agentfs` command. Daemon code is imported lazily, only by `mount`."""
+"""The `agentfs` command. Daemon code is imported lazily, only by `mount`; the
+client library (agentfs.client) only by the agent commands."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -106,15 +110,125 @@ def umount(mountpoint: str, timeout: float) -> None:
         time.sleep(0.05)
 
 
+def mount_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--mount", "mount_opt", type=click.Path(file_okay=False), default=None,
+        help="the agentfs mount agent names refer to (default: $AGENTFS_MOUNT, "
+             "else the mount the current directory is in)")(f)
+
+
+@contextmanager
+def client_errors() -> Iterator[None]:
+    """The client's errors (errno + the daemon's reason) as one-line CLI errors."""
+    from agentfs.client import AgentfsError
+
+    try:
+        yield
+    except AgentfsError as e:
+        raise click.ClickException(str(e))
+
+
+def client_mount(mount_opt: str | None) -> Any:
+    """The agentfs.client.Mount agent names resolve against."""
+    from agentfs.client import Mount
+
+    with client_errors():
+        return Mount.find(mount_opt) if mount_opt else Mount.find()
+
+
+def looks_like_path(arg: str) -> bool:
+    return "/" in arg or arg in (".", "..")
+
+
+def agent_of_path(path: str, mount_opt: str | None = None) -> tuple[Any, str] | None:
+    """(mount, NAME) when `path` is MOUNT/agents/NAME or lies inside it."""
+    p = Path(os.path.abspath(path))
+    m = client_mount(mount_opt or str(p))
+    for base in {m.agents_dir, Path(os.path.realpath(m.agents_dir))}:
+        for cand in {p, Path(os.path.realpath(p))}:
+            try:
+                parts = cand.relative_to(base).parts
+            except ValueError:
+                continue
+            if parts:
+                return m, parts[0]
+    return None
+
+
+def resolve_agent(arg: str, mount_opt: str | None) -> tuple[Any, str]:
+    """An agent NAME, or a path to (or inside) MOUNT/agents/NAME."""
+    if looks_like_path(arg):
+        found = agent_of_path(arg, mount_opt)
+        if found is None:
+            raise click.ClickException(f"{arg} is not an agent's directory (MOUNT/agents/NAME)")
+        return found
+    return client_mount(mount_opt), arg
+
+
+def the_agent(arg: str, mount_opt: str | None) -> Any:
+    m, name = resolve_agent(arg, mount_opt)
+    with client_errors():
+        return m.agent(name)
+
+
 @main.command()
-@click.argument("src", type=click.Path(exists=True, file_okay=False))
-@click.argument("dst", type=click.Path())
-@click.option("--at", "epoch", type=int, default=None, help="fork the state at a pinned epoch")
-def fork(src: str, dst: str, epoch: int | None) -> None:
-    """Make DST a copy-on-write fork of directory SRC (same mount)."""
-    m = find_mount(src)
-    args = [rel(m, src), rel(m, dst)] + ([str(epoch)] if epoch else [])
-    control(m, "fork", *args)
+@click.argument("src")
+@click.argument("dst")
+@click.option("--at", "epoch", type=int, default=None,
+              help="directories: fork the state at a pinned epoch; agents: fork the agent "
+                   "as it was after turn N")
+@mount_option
+def fork(src: str, dst: str, epoch: int | None, mount_opt: str | None) -> None:
+    """Fork directory SRC as DST (copy-on-write, same mount), or fork agent SRC as
+    agent DST, conversation and files together (SRC an agent NAME or MOUNT/agents/NAME).
+
+    A path that exists is taken as a directory unless it is an agent's directory;
+    a bare name that is not a directory here is an agent's name."""
+    agent = fork_source_agent(src, mount_opt)
+    if agent is None:
+        if not os.path.exists(src):
+            raise click.BadParameter(f"Directory {src!r} does not exist.", param_hint="'SRC'")
+        if not os.path.isdir(src):
+            raise click.BadParameter(f"Directory {src!r} is a file.", param_hint="'SRC'")
+        m = find_mount(src)
+        args = [rel(m, src), rel(m, dst)] + ([str(epoch)] if epoch else [])
+        control(m, "fork", *args)
+        return
+    mount, name = agent
+    new = dst
+    if looks_like_path(dst):
+        p = Path(os.path.abspath(dst))
+        if p.parent not in (mount.agents_dir, Path(os.path.realpath(mount.agents_dir))):
+            raise click.ClickException(f"{dst}: an agent forks into {mount.agents_dir}; "
+                                       "give DST as a name (or MOUNT/agents/NAME)")
+        new = p.name
+    with client_errors():
+        mount.agent(name).fork(new, epoch)
+
+
+def fork_source_agent(src: str, mount_opt: str | None) -> tuple[Any, str] | None:
+    """(mount, NAME) if SRC names an agent; None for a directory fork."""
+    if mount_opt and not looks_like_path(src):
+        return client_mount(mount_opt), src
+    if os.path.isdir(src):
+        p = Path(os.path.abspath(src))
+        if p.parent.name == "agents" and (p.parent.parent / ".agentfs" / "ctl").exists():
+            return client_mount(str(p.parent.parent)), p.name
+        return None
+    if os.path.exists(src) or looks_like_path(src):
+        return None
+    from agentfs.client import AgentfsError, Mount
+
+    try:
+        m = Mount.find()
+    except AgentfsError:
+        raise click.BadParameter(f"Directory {src!r} does not exist, and no agentfs mount "
+                                 "is known to look up an agent of that name (use --mount or "
+                                 "AGENTFS_MOUNT).", param_hint="'SRC'")
+    if not m.exists(src):
+        raise click.ClickException(f"no agent named {src!r} in {m.path} "
+                                   f"(and no directory {src!r} here)")
+    return m, src
 
 
 @main.command()
@@ -195,6 +309,214 @@ def fsck(store: Path | None) -> None:
         click.echo(f"PROBLEM {line}")
     click.echo(report.summary())
     sys.exit(1 if report.problems else 0)
+
+
+# ----------------------------------------------------------------- agents
+
+
+@main.command()
+@click.argument("name")
+@click.option("--parent", default=None,
+              help="record agent PARENT as the spawner (default: $AGENTFS_AGENT, or the "
+                   "agent whose directory this runs in)")
+@click.option("--prompt-file", type=click.File("r"), default=None,
+              help="the agent's prompt, from a file or - for stdin")
+@mount_option
+def spawn(name: str, parent: str | None, prompt_file: Any, mount_opt: str | None) -> None:
+    """Spawn agent NAME (mkdir MOUNT/agents/NAME); prints its directory."""
+    m = client_mount(mount_opt)
+    prompt = prompt_file.read() if prompt_file is not None else None
+    with client_errors():
+        a = m.spawn(name, prompt=prompt, parent=parent)
+    click.echo(str(a.path))
+
+
+@main.command()
+@click.argument("name")
+@click.argument("text")
+@click.option("--from", "sender", default=None,
+              help="send as agent SENDER (default: $AGENTFS_AGENT, or the agent whose "
+                   "directory this runs in)")
+@click.option("--name", "msg_name", default="msg", show_default=True,
+              help="the message's name in the inbox (it becomes SEQ-SENDER-NAME)")
+@mount_option
+def send(name: str, text: str, sender: str | None, msg_name: str,
+         mount_opt: str | None) -> None:
+    """Send TEXT (or - for stdin) to agent NAME's inbox."""
+    m, target = resolve_agent(name, mount_opt)
+    if text == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        data = (text if text.endswith("\n") else text + "\n").encode()
+    with client_errors():
+        m.send(target, data, sender=sender, name=msg_name)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--wait", "wait", type=float, default=None,
+              help="give up after SECONDS (exit 1); default: wait until a message comes")
+@click.option("--keep", is_flag=True, help="leave the message in the inbox")
+@click.option("--json", "as_json", is_flag=True,
+              help="print {seq, sender, name, text, path} as JSON")
+@mount_option
+def recv(name: str, wait: float | None, keep: bool, as_json: bool,
+         mount_opt: str | None) -> None:
+    """Take the first message from agent NAME's inbox; print "SENDER: TEXT"."""
+    a = the_agent(name, mount_opt)
+    with client_errors():
+        msg = a.recv(timeout=wait, consume=not keep)
+    if msg is None:
+        click.echo(f"no message for {a.name} within {wait:g}s", err=True)
+        sys.exit(1)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"seq": msg.seq, "sender": msg.sender, "name": msg.name,
+                               "text": msg.text, "path": str(msg.path)}, ensure_ascii=False))
+    else:
+        text = msg.text[:-1] if msg.text.endswith("\n") else msg.text
+        click.echo(f"{msg.sender}: {text}")
+
+
+def lineage_records(mount_opt: str | None) -> list[dict[str, Any]]:
+    m = client_mount(mount_opt)
+    with client_errors():
+        return m.lineage()  # type: ignore[no-any-return]
+
+
+def fork_point(r: dict[str, Any]) -> str:
+    if not r.get("origin"):
+        return ""
+    return f"{r['origin']}@{r.get('shared_prefix_turns', 0)}"
+
+
+@main.command(name="ls")
+@mount_option
+def ls_agents(mount_opt: str | None) -> None:
+    """List the agents: name, status, turns, parent, origin (fork source@turn)."""
+    rows = [("NAME", "STATUS", "TURNS", "PARENT", "ORIGIN")]
+    for r in sorted(lineage_records(mount_opt), key=lambda r: r["name"]):
+        rows.append((r["name"], str(r.get("status", "")), str(r.get("turns", "")),
+                     r.get("parent") or "-", fork_point(r) or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@main.command()
+@mount_option
+def tree(mount_opt: str | None) -> None:
+    """Draw the spawn/fork tree (children under their parent)."""
+    from agentfs.client import tree_order
+
+    records = {r["name"]: r for r in lineage_records(mount_opt)}
+    kids: dict[str, list[str]] = {}
+    for r in tree_order(records):
+        p = r.get("parent")
+        if p in records and p != r["name"]:
+            kids.setdefault(p, []).append(r["name"])
+    drawn: set[str] = set()
+
+    def label(n: str) -> str:
+        r = records[n]
+        parts = [n]
+        if r.get("origin"):
+            at = r.get("shared_prefix_turns", 0)
+            parts.append(f"fork@{at}" if r["origin"] == r.get("parent")
+                         else f"fork of {r['origin']}@{at}")
+        parts.append(f"{r.get('status', '')} turns={r.get('turns', 0)}")
+        p = r.get("parent")
+        if p and p not in records:
+            parts.append(f"(parent {p} is gone)")
+        return "  ".join(parts)
+
+    def draw(n: str, prefix: str, last: bool, top: bool) -> None:
+        drawn.add(n)
+        click.echo(label(n) if top else prefix + ("└── " if last else "├── ") + label(n))
+        below = [k for k in kids.get(n, []) if k not in drawn]
+        inner = "" if top else prefix + ("    " if last else "│   ")
+        for i, k in enumerate(below):
+            draw(k, inner, i == len(below) - 1, False)
+
+    for r in tree_order(records):
+        if r["name"] not in drawn:
+            draw(r["name"], "", True, True)
+
+
+def summarise(text: str, full: bool, width: int = 100) -> str:
+    if full or len(text) <= width:
+        return text
+    return text[:width] + f"… ({len(text)} chars)"
+
+
+def block_lines(b: Any, full: bool) -> list[str]:
+    """One content block, readable."""
+    import json
+
+    if not isinstance(b, dict):
+        return [summarise(json.dumps(b, ensure_ascii=False), full)]
+    t = b.get("type")
+    if t == "text":
+        return str(b.get("text", "")).splitlines() or [""]
+    if t == "tool_use":
+        args = json.dumps(b.get("input", {}), ensure_ascii=False, sort_keys=True)
+        return [f"→ tool_use {b.get('name')} [{b.get('id')}] {summarise(args, full)}"]
+    if t == "tool_result":
+        c = b.get("content", "")
+        if isinstance(c, list):
+            texts = [str(x.get("text", "")) for x in c
+                     if isinstance(x, dict) and x.get("type") == "text"]
+            others = [str(x.get("type")) for x in c
+                      if not (isinstance(x, dict) and x.get("type") == "text")]
+            c = "\n".join(texts) + "".join(f" [{o}]" for o in others)
+        text = str(c)
+        err = " ERROR" if b.get("is_error") else ""
+        nlines = text.count("\n") + 1 if text else 0
+        head = f"← tool_result [{b.get('tool_use_id')}]{err} {nlines} line(s), {len(text)} chars"
+        if full:
+            return [head + ":", *text.splitlines()]
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        return [head + (": " + summarise(first, False, 80) if first else "")]
+    if t in ("thinking", "redacted_thinking"):
+        body = str(b.get("thinking", b.get("data", "")))
+        return [f"[{t}] " + summarise(body, full, 80)]
+    if t == "image":
+        src = b.get("source", {})
+        return [f"[image {src.get('media_type', '') if isinstance(src, dict) else ''}]".replace(" ]", "]")]
+    return [f"[{t}]"]
+
+
+@main.command()
+@click.argument("name")
+@click.option("--full", is_flag=True, help="do not shorten tool calls and results")
+@mount_option
+def log(name: str, full: bool, mount_opt: str | None) -> None:
+    """Show agent NAME's transcript, readably."""
+    a = the_agent(name, mount_opt)
+    with client_errors():
+        messages = a.transcript()
+    for i, m in enumerate(messages, 1):
+        role = m.get("role", "?") if isinstance(m, dict) else "?"
+        click.echo(click.style(f"── {i} {role} ", bold=True) + "─" * max(0, 60 - len(role)))
+        content = m.get("content", "") if isinstance(m, dict) else m
+        if isinstance(content, str):
+            lines = content.splitlines() or [""]
+        else:
+            lines = [line for b in content for line in block_lines(b, full)]
+        for line in lines:
+            click.echo("  " + line if line else "")
+
+
+@main.command()
+@mount_option
+def export(mount_opt: str | None) -> None:
+    """The fork/spawn tree as JSONL: name, parent, origin, kind, shared_prefix_turns,
+    turns, status (and "inferred": true where the mount does not expose lineage)."""
+    import json
+
+    for r in lineage_records(mount_opt):
+        click.echo(json.dumps(r, ensure_ascii=False, sort_keys=True))
 
 
 if __name__ == "__main__":
