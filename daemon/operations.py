@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 import stat
@@ -35,7 +36,8 @@ VIRTUAL = 1 << 63
 CTLDIR_INO = VIRTUAL | 1
 CTL_INO = VIRTUAL | 2
 ERRSTR_INO = VIRTUAL | 3
-CTL_FILES = {b"ctl": CTL_INO, b"errstr": ERRSTR_INO}
+LINEAGE_INO = VIRTUAL | 4
+CTL_FILES = {b"ctl": CTL_INO, b"errstr": ERRSTR_INO, b"lineage": LINEAGE_INO}
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -146,7 +148,7 @@ class Operations(pyfuse3.Operations):
         if AgentFiles.owns(ino):
             return self.agentfiles.virtual_attr(ino)
         root = self.fs.getattr(ROOT_INO)
-        if ino in (CTL_INO, ERRSTR_INO):
+        if ino in (CTL_INO, ERRSTR_INO, LINEAGE_INO):
             mode = stat.S_IFREG | (0o666 if ino == CTL_INO else 0o444)
             return Attr(mode, 0, 0, nlink=1, atime_ns=root.ctime_ns, mtime_ns=root.ctime_ns,
                         ctime_ns=root.ctime_ns, ino=ino)
@@ -367,11 +369,16 @@ class Operations(pyfuse3.Operations):
                 self.handles[fh].content = self.agentfiles.content(inode, ctx.pid)
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if inode & VIRTUAL:
-            if inode not in (CTL_INO, ERRSTR_INO):
+            if inode not in (CTL_INO, ERRSTR_INO, LINEAGE_INO):
                 raise FsError(errno.EISDIR)
             fh = self._new_fh(inode, flags, ctx.pid)
             if inode == ERRSTR_INO:
                 self.handles[fh].buf = self.errors.for_pid(ctx.pid).encode()
+            elif inode == LINEAGE_INO:
+                # The fork/spawn tree as JSONL, each branch with its shared prefix.
+                self.handles[fh].content = b"".join(
+                    json.dumps(r, sort_keys=True).encode() + b"\n"
+                    for r in self.agentfiles.agents.export())
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC) and self.fs.is_readonly(inode):
             raise FsError(errno.EROFS, "snapshots are read-only")
