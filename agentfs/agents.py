@@ -181,7 +181,8 @@ class Agents:
             self.fs._put_attr(tx, root)
             for fname, role, mode, content in SKELETON:
                 a = Attr(mode, uid, gid, nlink=2 if stat.S_ISDIR(mode) else 1, atime_ns=now,
-                         mtime_ns=now, ctime_ns=now, ino=fuse_ino(v.id, role))
+                         mtime_ns=now, ctime_ns=now, ino=fuse_ino(v.id, role),
+                         flags=codec.FLAG_LOG if role is Role.TRANSCRIPT else 0)
                 if stat.S_ISDIR(mode):
                     a.parent_view, a.parent_local = 0, Role.ROOT
                     root.nlink += 1

@@ -9,6 +9,9 @@ Keys are built so that LMDB's byte order is the order we need:
     O<view:4><ino:8>                         an orphan: nlink 0, still open
     R<view:4><ino:8><kind><sub><~epoch:8>    a versioned record of inode `ino`
 
+where `kind` is a (attributes), d (directory entry: name hash + name),
+b (data block: block number), l (log append: end offset) or x (xattr: name).
+
 Versioned records end with the bitwise-inverted epoch in which they were
 written (their birth), so for one record the newest version sorts first and a
 seek to `base + ~limit` lands on the newest version born at or before `limit`.
@@ -33,6 +36,10 @@ KIND_ATTR = b"a"
 KIND_DENTRY = b"d"
 KIND_BLOCK = b"b"
 KIND_XATTR = b"x"
+KIND_LOG = b"l"
+
+FLAG_LOG = 1
+"""Attr.flags: the file is an append-only log (see logdata.py), not blocks."""
 
 TOMBSTONE = b""
 
@@ -140,6 +147,15 @@ def block_dir_suffix(local: int) -> bytes:
     return u64(local) + KIND_BLOCK
 
 
+def log_suffix(local: int, end: int) -> bytes:
+    """One append of a log file, keyed by the offset where it ends."""
+    return u64(local) + KIND_LOG + u64(end)
+
+
+def log_dir_suffix(local: int) -> bytes:
+    return u64(local) + KIND_LOG
+
+
 def xattr_suffix(local: int, name: bytes) -> bytes:
     return u64(local) + KIND_XATTR + name + b"\0"
 
@@ -175,20 +191,21 @@ class Attr:
     parent_local: int = 0
     stored: int = 0  # bytes of block data stored (for st_blocks)
     target: bytes | None = None  # symlink target
+    flags: int = 0  # FLAG_*; records written before the field existed read as 0
     ino: int = field(default=0, compare=False)  # the FUSE inode number (not stored)
 
     def encode(self) -> bytes:
         return pack([
             FORMAT, self.mode, self.uid, self.gid, self.nlink, self.size,
             self.atime_ns, self.mtime_ns, self.ctime_ns, self.rdev,
-            self.parent_view, self.parent_local, self.stored, self.target,
+            self.parent_view, self.parent_local, self.stored, self.target, self.flags,
         ])
 
     @classmethod
     def decode(cls, data: bytes, ino: int = 0) -> Attr:
         f = unpack(data)
         assert isinstance(f, list) and f[0] == FORMAT, f"unknown attr record {f!r}"
-        a = cls(*f[1:14])
+        a = cls(*f[1:15])
         a.ino = ino
         return a
 

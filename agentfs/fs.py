@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from . import codec
+from . import codec, logdata
 from .codec import (
     ROOT_LOCAL,
     ROOT_VIEW,
@@ -307,6 +307,8 @@ class FileSystem:
             if a.is_dir:
                 raise FsError(errno.EISDIR, "is a directory")
             stale_atime = needs_atime_update(a, self.clock())
+            if a.flags & codec.FLAG_LOG:
+                return logdata.read(tx, a, offset, size)
             end = min(offset + size, a.size)
             if offset >= end:
                 return b""
@@ -601,6 +603,8 @@ class FileSystem:
     def _truncate(self, tx: Tx, a: Attr, size: int) -> None:
         if size < 0 or size > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG if size > 0 else errno.EINVAL, "bad file size")
+        if a.flags & codec.FLAG_LOG and size != a.size:
+            raise FsError(errno.EPERM, "append-only: a log file is never truncated")
         view, local = split_ino(a.ino)
         if size < a.size:
             first_gone = -(-size // BLOCK_SIZE)  # blocks wholly past the new end
@@ -630,6 +634,18 @@ class FileSystem:
             raise FsError(errno.EINVAL, "negative offset")
         if offset + len(data) > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG, "file too large")
+        if a.flags & codec.FLAG_LOG:
+            logdata.append(tx, a, offset, data)
+            end = a.size
+        else:
+            self._write_blocks(tx, a, offset, data)
+            end = offset + len(data)
+        now = self.clock()
+        a.size = max(a.size, end)
+        a.mtime_ns = a.ctime_ns = now
+        self._put_attr(tx, a)
+
+    def _write_blocks(self, tx: Tx, a: Attr, offset: int, data: bytes) -> None:
         view, local = split_ino(a.ino)
         pos, end = offset, offset + len(data)
         mv = memoryview(data)
@@ -650,10 +666,6 @@ class FileSystem:
             tx.put(view, key, new)
             a.stored += len(new) - (len(old) if old else 0)
             pos += n
-        now = self.clock()
-        a.size = max(a.size, end)
-        a.mtime_ns = a.ctime_ns = now
-        self._put_attr(tx, a)
 
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         if not name or len(name) > XATTR_NAME_MAX or b"\0" in name:

@@ -15,6 +15,8 @@ Invariants checked:
   outside the forked subtree), symlinks have targets;
 - file data: no block past the end of a file, none longer than the block
   size or the file, the stored-bytes counter (st_blocks) equals the blocks;
+  log files (transcripts) hold contiguous, decodable appends from 0 to their
+  size and nothing else;
 - root view: every inode is reachable or an orphan; orphans have nlink 0;
 - entries that lead into another view lead to that view's root, and that view
   is alive and contained here.
@@ -25,7 +27,7 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 
-from . import codec
+from . import codec, logdata
 from .codec import (
     KIND_ATTR,
     ROOT_VIEW,
@@ -201,6 +203,14 @@ def _check_cross(tx: Tx, r: Report, vid: int, tview: int, tlocal: int, where: st
 def _check_file(tx: Tx, r: Report, vid: int, local: int, a: Attr, where: str) -> None:
     if a.is_link and a.target is None:
         r.problems.append(f"{where}: symlink without a target")
+    has_log = next(tx.scan(vid, codec.log_dir_suffix(local)), None) is not None
+    if a.flags & codec.FLAG_LOG:
+        r.problems.extend(logdata.check(tx, vid, local, a, where))
+        if next(tx.scan(vid, block_dir_suffix(local)), None) is not None:
+            r.problems.append(f"{where}: a log file with data blocks")
+        return
+    if has_log:
+        r.problems.append(f"{where}: log records in a file that is not a log")
     stored = 0
     for sub, raw in tx.scan(vid, block_dir_suffix(local)):
         bno = codec.read_u64(sub)

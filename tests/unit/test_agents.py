@@ -137,3 +137,69 @@ def test_status_and_remove(fs: FileSystem, agents: Agents) -> None:
     with pytest.raises(FsError):
         agents.get("a")
     assert [x.name for x in fs.readdir(agents.dir_ino())] == []
+
+
+def store_bytes(fs: FileSystem) -> int:
+    with fs.store.read() as tx:
+        return sum(len(k) + len(v) for k, v in tx.txn.scan(b"", b"\xff"))
+
+
+def test_transcript_turns_cost_their_bytes_not_a_block_each(fs: FileSystem,
+                                                            agents: Agents) -> None:
+    """Every turn pins the agent; a log-structured transcript makes that free:
+    500 turns of ~1 KB store about 500 KB, not a 128 KiB tail block per turn."""
+    agents.spawn(b"a")
+    before = store_bytes(fs)
+    text = "x" * 900
+    for i in range(500):
+        agents.append("a", line("user" if i % 2 == 0 else "assistant", f"{i} {text}"))
+    t = agents.transcript_ino("a")
+    size = fs.getattr(t).size
+    grown = store_bytes(fs) - before
+    assert size > 450_000
+    assert grown < size * 1.5, (grown, size)
+    # Fork at any turn still reads exactly the first N lines.
+    agents.fork("a", b"past", at_turn=123)
+    lines = read_all(fs, agents.transcript_ino("past")).splitlines()
+    assert len(lines) == 123 and lines[-1].startswith(b'{"role": "user", "content": "122 ')
+    agents.append("past", line("assistant", "a different turn 124"))
+    assert read_all(fs, agents.transcript_ino("past")).splitlines()[-1] == \
+        line("assistant", "a different turn 124")
+    assert len(read_all(fs, t).splitlines()) == 500
+
+
+def test_bulky_lines_are_stored_compressed_and_read_back_exactly(fs: FileSystem,
+                                                                 agents: Agents) -> None:
+    agents.spawn(b"a")
+    out = "".join(f"line {i}: some tool output that repeats\n" for i in range(5000))
+    msg = json.dumps({"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t1", "content": out}]}).encode()
+    agents.append("a", line("user", "hi"))
+    agents.append("a", line("assistant", "running it"))
+    agents.append("a", msg)
+    t = agents.transcript_ino("a")
+    attr = fs.getattr(t)
+    assert attr.stored < attr.size / 3  # st_blocks shows the compression
+    whole = read_all(fs, t)
+    assert whole.splitlines()[2] == msg
+    # Reads at any offset and size, across record boundaries, give the same bytes.
+    for off, n in [(0, 10), (5, 100_000), (len(whole) - 7, 100), (30, len(whole)),
+                   (len(whole), 10), (131072, 131072)]:
+        assert fs.read(t, off, n) == whole[off:off + n]
+
+
+def test_log_files_refuse_rewrites_and_truncation(fs: FileSystem, agents: Agents) -> None:
+    agents.spawn(b"a")
+    agents.append("a", line("user", "hi"))
+    t = agents.transcript_ino("a")
+    size = fs.getattr(t).size
+    for off in (0, 3, size + 1):
+        with pytest.raises(FsError) as e:
+            fs.write(t, off, b'{"role":"user","content":"x"}\n')
+        assert e.value.errno == errno.EPERM
+    for n in (0, 3, size + 10):
+        with pytest.raises(FsError) as e:
+            fs.setattr(t, SetAttr(size=n))
+        assert e.value.errno == errno.EPERM
+    fs.setattr(t, SetAttr(size=size))  # no change: allowed (O_TRUNC on an empty file)
+    assert read_all(fs, t) == line("user", "hi") + b"\n"
