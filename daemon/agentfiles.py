@@ -21,9 +21,10 @@ import trio
 from agentfs import agents as ag
 from agentfs.agents import AGENTS_DIR, Agent, Agents, Role
 from agentfs.codec import Attr, split_ino
+from agentfs.contextfile import Contexts
 from agentfs.errors import FsError
 from agentfs.fs import ROOT_INO, FileSystem
-from agentfs.render import Observation, extract_observations
+from agentfs.render import Observation
 
 from .errstr import ErrorLog
 
@@ -62,7 +63,7 @@ class AgentFiles:
         self.errors = errors
         self.mountpoint = os.path.realpath(mountpoint) if mountpoint else ""
         self.arrivals: dict[int, trio.Event] = {}  # view -> set when a message lands
-        self._obs_cache: dict[int, tuple[int, list[Observation]]] = {}
+        self.contexts = Contexts(self.agents)
         dropped = ag.drop_staged(self.agents)
         self.dropped_at_start = dropped
 
@@ -166,18 +167,8 @@ class AgentFiles:
                     mtime_ns=root.mtime_ns, ctime_ns=root.ctime_ns, ino=ino)
 
     def observations(self, a: Agent) -> list[Observation]:
-        """Bulky tool results in the transcript (cached per agent and turn count)."""
-        cached = self._obs_cache.get(a.view)
-        if cached is not None and cached[0] == a.turns:
-            return cached[1]
-        from agentfs.contextfile import agent_inputs
-
-        _, _, _, lines, policy = agent_inputs(self.agents, a)
-        found: list[Observation] = []
-        for turn, msg in enumerate(lines, 1):
-            found += extract_observations(turn, msg, policy.observation_threshold_bytes)
-        self._obs_cache[a.view] = (a.turns, found)
-        return found
+        """Bulky tool results in the transcript (read incrementally)."""
+        return self.contexts.observations(a)
 
     def _observation(self, a: Agent, key: int) -> Observation:
         turn, k = key >> 8, key & 0xFF
@@ -336,9 +327,7 @@ class AgentFiles:
         return self.render_context(a)
 
     def render_context(self, a: Agent) -> bytes:
-        from agentfs.contextfile import render_agent_context
-
-        return render_agent_context(self.agents, a)
+        return self.contexts.render(a)
 
     async def wait(self, ino: int) -> bytes:
         """inbox/.wait: block until a message is there (or the timeout); print its name."""
