@@ -362,14 +362,17 @@ def stage_message(agents: Agents, a: Agent, name: bytes, nonce: int, uid: int,
 
 
 def deliver_message(agents: Agents, a: Agent, staged: bytes, sender: str) -> bytes:
-    """Make a staged message visible, atomically, as SEQ-SENDER-NAME."""
+    """Make a staged message visible, atomically, as SEQ-SENDER+NAME.
+
+    Senders are reduced to [A-Za-z0-9._-], so the first '+' always ends the
+    sender, whatever the message's own name holds."""
     fs = agents.fs
     inbox = a.ino(Role.INBOX)
     original = staged[len(STAGED_PREFIX):].split(b"-", 1)[1]
     safe_sender = re.sub(rb"[^A-Za-z0-9._-]", b"_", sender.encode())[:64] or b"unknown"
     with fs.store.write() as tx:
         seq = _inbox_seq(fs, tx, a)
-        final = (b"%06d-%s-%s" % (seq, safe_sender, original))[:255]
+        final = (b"%06d-%s+%s" % (seq, safe_sender, original))[:255]
         tx.txn.put(b"Q" + u32(a.view), codec.u64(seq + 1))
         fs._rename(tx, inbox, staged, inbox, final, 1)
     return final

@@ -338,7 +338,7 @@ def spawn(name: str, parent: str | None, prompt_file: Any, mount_opt: str | None
               help="send as agent SENDER (default: $AGENTFS_AGENT, or the agent whose "
                    "directory this runs in)")
 @click.option("--name", "msg_name", default="msg", show_default=True,
-              help="the message's name in the inbox (it becomes SEQ-SENDER-NAME)")
+              help="the message's name in the inbox (it becomes SEQ-SENDER+NAME)")
 @mount_option
 def send(name: str, text: str, sender: str | None, msg_name: str,
          mount_opt: str | None) -> None:

@@ -50,7 +50,7 @@ MAX_WAIT = 3600  # the longest inbox/.wait-SECONDS the daemon accepts
 # daemon does not serve FUSE interrupts): wait in short rounds so that Ctrl-C
 # takes effect within a round. A message still ends a round at once.
 WAIT_ROUND = 2
-MESSAGE_RE = re.compile(r"^(\d{6,})-(.+)$")
+MESSAGE_RE = re.compile(r"^(\d{6,})-([A-Za-z0-9._-]+)\+(.*)$")
 STAMP_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ")
 NAME_RULE = "agent names are 1-64 characters [A-Za-z0-9._-], starting with a letter or digit"
 # Where a daemon that exposes its lineage export (Agents.export(), one JSON
@@ -78,7 +78,7 @@ def _strip_stamp(line: str) -> str:
 
 @dataclass(frozen=True)
 class Message:
-    """One delivered message: inbox/SEQ-SENDER-NAME."""
+    """One delivered message: inbox/SEQ-SENDER+NAME."""
 
     seq: int
     sender: str
@@ -498,23 +498,14 @@ class Agent:
         seq, sender, name = self._parse(fname)
         return Message(seq, sender, name, text, path)
 
-    def _parse(self, fname: str) -> tuple[int, str, str]:
-        """SEQ-SENDER-NAME. Senders and names may both hold '-': the sender is
-        the longest known agent name that fits, else pidN, else up to the first '-'."""
+    @staticmethod
+    def _parse(fname: str) -> tuple[int, str, str]:
+        """SEQ-SENDER+NAME (a sender never holds '+'); anything else is a
+        message without a known sender."""
         m = MESSAGE_RE.match(fname)
         if not m:
             return 0, "", fname
-        seq, rest = int(m.group(1)), m.group(2)
-        if "-" not in rest:
-            return seq, rest, ""
-        first, tail = rest.split("-", 1)
-        if "-" in tail:  # ambiguous: ask the agent list
-            known = [a for a in self.mount.agents()
-                     if rest.startswith(a + "-") and len(rest) > len(a) + 1]
-            if known:
-                sender = max(known, key=len)
-                return seq, sender, rest[len(sender) + 1:]
-        return seq, first, tail
+        return int(m.group(1)), m.group(2), m.group(3)
 
     def messages(self) -> list[Message]:
         """Delivered messages, in arrival order (not consumed)."""

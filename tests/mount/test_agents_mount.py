@@ -530,7 +530,8 @@ def test_inbox_many_senders_one_reader(mnt: Path) -> None:
                 with open(inbox / name) as f:
                     body = f.read()
                 os.unlink(inbox / name)
-                seq, sender, base = name.split("-", 2)
+                seq, rest = name.split("-", 1)
+                sender, base = rest.split("+", 1)
                 consumed.append((int(seq), sender, base, body))
     finally:
         for p in procs:
@@ -613,7 +614,7 @@ def test_messages_survive_daemon_kill(mount) -> None:  # type: ignore[no-untyped
     mnt = mount.path
     a = spawn(mnt, "a")
     run_py(SEND_CODE, str(a / "inbox"), "first", "second", "third", agent="alice")
-    delivered = ["000001-alice-first", "000002-alice-second", "000003-alice-third"]
+    delivered = ["000001-alice+first", "000002-alice+second", "000003-alice+third"]
     assert sorted(os.listdir(a / "inbox")) == delivered
     # A message still being written (its writer has it open) when the daemon dies.
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CODE, str(a / "inbox")],
@@ -634,13 +635,13 @@ def test_messages_survive_daemon_kill(mount) -> None:  # type: ignore[no-untyped
     a = mnt / "agents" / "a"
     assert sorted(os.listdir(a / "inbox")) == delivered
     for name in delivered:
-        assert read(a / "inbox" / name) == "body of " + name.split("-", 2)[2]
+        assert read(a / "inbox" / name) == "body of " + name.split("+", 1)[1]
     assert stored_inbox(mount, "a") == delivered, "the staged message was kept in the store"
     with open(a / "inbox" / ".wait-1") as f:
-        assert f.read() == "000001-alice-first\n"
+        assert f.read() == "000001-alice+first\n"
     # Numbering continues after the restart.
     run_py(SEND_CODE, str(a / "inbox"), "fourth", agent="bob")
-    assert sorted(os.listdir(a / "inbox")) == [*delivered, "000004-bob-fourth"]
+    assert sorted(os.listdir(a / "inbox")) == [*delivered, "000004-bob+fourth"]
     mount.fsck()
 
 
@@ -660,7 +661,7 @@ def test_message_stays_hidden_while_a_child_shares_its_descriptor(mnt: Path) -> 
     finally:
         os.close(fd)
     names = sorted(os.listdir(inbox))
-    assert len(names) == 1 and names[0].endswith("-report"), names
+    assert len(names) == 1 and names[0].endswith("+report"), names
     assert read(inbox / names[0]) == "part 1\npart 2\n"
     # The same through the shell: a command inside the redirected block.
     res = subprocess.run(["bash", "-c", f"{{ echo head; /bin/true; ls '{inbox}' >&2; "
@@ -668,7 +669,7 @@ def test_message_stays_hidden_while_a_child_shares_its_descriptor(mnt: Path) -> 
                          capture_output=True, text=True, env=clean_env("sh-agent"))
     assert res.returncode == 0, res.stderr
     listed = sorted(res.stderr.split())
-    assert read(inbox / "000002-sh-agent-shell") == "head\ntail\n"
+    assert read(inbox / "000002-sh-agent+shell") == "head\ntail\n"
     assert (seen_while_open, listed) == ([], names), (
         f"half-written messages visible while still open: {seen_while_open} (Python, after "
         f"a fork+exec), {sorted(set(listed) - set(names))} (shell block)")
@@ -708,7 +709,7 @@ def test_inbox_wait_blocks_until_a_message_is_delivered(mnt: Path) -> None:
     t.join(timeout=25)
     assert not t.is_alive()
     assert 0.5 <= time.monotonic() - t0 < 10
-    assert len(got) == 1 and got[0].endswith("-ping\n"), got
+    assert len(got) == 1 and got[0].endswith("+ping\n"), got
 
 
 # ---------------------------------------------------------------- 4. forks

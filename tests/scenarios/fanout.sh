@@ -21,7 +21,7 @@ for i in $(seq 1 10); do
     [ "$(wc -l < "$A/task-$i/transcript")" -eq 3 ]
     # The fork's context is the child's, byte for byte, until the fork appends.
     cmp "$A/task-$i/context.json" "$M/../child.json"
-    ls "$A/task-$i/inbox" | grep -q -- "-task$"
+    ls "$A/task-$i/inbox" | grep -q -- "+task$"
     echo '{"role":"user","content":"Do subtask '"$i"'."}' >> "$A/task-$i/transcript"
 done
 # After the fork's own turn, the child's messages are still its prefix.

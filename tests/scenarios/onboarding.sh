@@ -28,7 +28,7 @@ parent() {
     for answer in "2.0" "Ada"; do
         msg=$(cat "$M/agents/parent/inbox/.wait-20")
         [ -n "$msg" ] || { echo "parent: no question" >&2; exit 1; }
-        case "$msg" in *-child-question) ;; *) echo "unexpected sender: $msg" >&2; exit 1;; esac
+        case "$msg" in *-child+question) ;; *) echo "unexpected sender: $msg" >&2; exit 1;; esac
         echo "parent got: $(cat "$M/agents/parent/inbox/$msg")"
         rm "$M/agents/parent/inbox/$msg"
         echo "$answer" > "$M/agents/child/inbox/answer"

@@ -23,6 +23,6 @@ diff -r "$A/past/workspace" "$A/worker/.snapshots/turn-5/workspace"
 [ ! -e "$A/past/workspace/dir-6" ]
 AGENTFS_AGENT=worker sh -c "echo 'The answer, found at turn 20: 42.' > '$A/past/inbox/from-the-future'"
 msg=$(cat "$A/past/inbox/.wait-5")
-[ "$msg" = "000001-worker-from-the-future" ]
+[ "$msg" = "000001-worker+from-the-future" ]
 grep -q 42 "$A/past/inbox/$msg"
 echo "timetravel: ok"
