@@ -99,7 +99,8 @@ class Agent:
 
 def check_agent_name(name: bytes) -> str:
     if not NAME_RE.match(name):
-        raise FsError(errno.EINVAL, f"agent name {name!r} must be 1-64 characters "
+        raise FsError(errno.EINVAL, f"agent name {name.decode(errors='replace')!r} must be "
+                      "1-64 characters "
                       "[A-Za-z0-9._-], starting with a letter or digit")
     return name.decode()
 

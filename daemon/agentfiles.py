@@ -39,6 +39,23 @@ FILES = {b"ctl": 1, b"errstr": 2, b"status": 3, b"context.json": 4, b"parent": 5
 KIND_NAMES = {v: k for k, v in FILES.items()}
 DEFAULT_WAIT = 60
 MAX_WAIT = 3600
+SIGNAL_POLL = 0.2  # seconds between looks at a blocked reader's pending signals
+
+
+def signal_pending(pid: int) -> bool:
+    """Has process `pid` a signal pending that it neither blocks nor ignores?
+    (A fatal one shows as SIGKILL pending; a killed process is gone.)"""
+    masks: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn"):
+                    masks[key] = int(value.strip(), 16)
+    except (OSError, ValueError):
+        return True
+    pending = masks.get("SigPnd", 0) | masks.get("ShdPnd", 0)
+    return bool(pending & ~masks.get("SigBlk", 0) & ~masks.get("SigIgn", 0))
 
 
 def agent_file_ino(view: int, kind: int) -> int:
@@ -231,7 +248,11 @@ class AgentFiles:
         spawner = self.sender(pid)
         if self.agents.by_name(spawner) is None:
             spawner = ""
-        a = self.agents.spawn(name, spawner, uid, gid)
+        try:
+            a = self.agents.spawn(name, spawner, uid, gid)
+        except FsError as e:
+            self.errors.record(pid, f"mkdir agents/{name.decode(errors='replace')}: {e.message}")
+            raise
         return self.fs.getattr(a.root_ino)
 
     def create(self, parent: int, name: bytes, pid: int, uid: int, gid: int,
@@ -240,7 +261,12 @@ class AgentFiles:
         if r is None or r[1] is not Role.INBOX:
             return None
         a = r[0]
-        attr = ag.stage_message(self.agents, a, name, nonce, uid, gid)
+        try:
+            attr = ag.stage_message(self.agents, a, name, nonce, uid, gid)
+        except FsError as e:
+            self.errors.record(pid, f"agents/{a.name}/inbox/{name.decode(errors='replace')}: "
+                               f"{e.message}")
+            raise
         staged = ag.STAGED_PREFIX + b"%d-" % nonce + name
         return attr, (a, staged[:255], self.sender(pid))
 
@@ -329,17 +355,27 @@ class AgentFiles:
     def render_context(self, a: Agent) -> bytes:
         return self.contexts.render(a)
 
-    async def wait(self, ino: int) -> bytes:
-        """inbox/.wait: block until a message is there (or the timeout); print its name."""
+    async def wait(self, ino: int, pid: int = 0) -> bytes:
+        """inbox/.wait: block until a message is there (or the timeout); print its name.
+
+        pyfuse3 does not pass FUSE_INTERRUPT on, and the kernel waits for the
+        answer even for a killed reader: so look at the reader's pending
+        signals now and then, and give up (EINTR) once it has one.
+        """
         a, secs = self._decode(ino)
-        with trio.move_on_after(secs):
-            while True:
-                names = ag.inbox_messages(self.agents, self.agents.get(a.name))
-                if names:
-                    return names[0] + b"\n"
-                ev = self.arrivals.setdefault(a.view, trio.Event())
+        deadline = trio.current_time() + secs
+        while True:
+            names = ag.inbox_messages(self.agents, self.agents.get(a.name))
+            if names:
+                return names[0] + b"\n"
+            left = deadline - trio.current_time()
+            if left <= 0:
+                return b""
+            ev = self.arrivals.setdefault(a.view, trio.Event())
+            with trio.move_on_after(min(left, SIGNAL_POLL)):
                 await ev.wait()
-        return b""
+            if pid and signal_pending(pid):
+                raise FsError(errno.EINTR, "interrupted while waiting for a message")
 
     # ------------------------------------------------------------ control
 

@@ -385,6 +385,9 @@ class Operations(pyfuse3.Operations):
         transcript = self.agentfiles.is_transcript(inode)
         if flags & (os.O_WRONLY | os.O_RDWR) and transcript is None:
             self.agentfiles.check(inode, "write", ctx.pid)
+        elif flags & (os.O_WRONLY | os.O_RDWR) and not flags & os.O_APPEND:
+            # Every write appends: say so at open rather than ignore an offset.
+            self.agentfiles.check(inode, "writing without O_APPEND", ctx.pid)
         if flags & os.O_TRUNC and self.fs.getattr(inode).size:
             self.agentfiles.check(inode, "truncate", ctx.pid)
         if transcript is not None and flags & (os.O_WRONLY | os.O_RDWR):
@@ -405,7 +408,7 @@ class Operations(pyfuse3.Operations):
         h = self.handles[fh]
         if AgentFiles.is_wait(h.ino):
             if h.content is None:
-                h.content = await self.agentfiles.wait(h.ino)
+                h.content = await self.agentfiles.wait(h.ino, h.pid)
             return h.content[off:off + size]
         if h.content is not None:
             return h.content[off:off + size]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -267,41 +268,28 @@ def test_transcript_unlink_and_rename_are_refused(mnt: Path, started: Path) -> N
     assert t.read_bytes() == USER
 
 
-def test_transcript_write_at_offset_zero_cannot_rewrite_history(mnt: Path, started: Path) -> None:
-    """A pwrite at offset 0 without O_APPEND (a program rewriting the file in
-    place): whatever the daemon does with it, the existing lines stay as they were.
-    Today the offset is ignored and a complete, valid line is appended as a turn."""
+def test_transcript_writes_need_o_append(mnt: Path, started: Path) -> None:
+    """Every write appends: opening the transcript for writing without
+    O_APPEND (a program that would rewrite it in place) is refused at open."""
     a = started
     append(a, ASSISTANT)
-    history = USER + ASSISTANT
-    line = b'{"role":"user","content":"REWRITTEN"}\n'
-    fd = os.open(a / "transcript", os.O_WRONLY)
-    try:
-        try:
-            n = os.pwrite(fd, line, 0)
-        except OSError as e:
-            assert e.errno == errno.EPERM, e
-            assert "append-only" in errstr(a)
-            appended = b""
-        else:
-            assert n == len(line)
-            appended = line
-    finally:
-        os.close(fd)
-    now = (a / "transcript").read_bytes()
-    assert now.startswith(history), f"history rewritten: {now!r}"
-    assert now == history + appended, f"write at offset 0 landed elsewhere: {now!r}"
-    turns = 2 + (1 if appended else 0)
-    assert read(a / "status") == f"idle turns={turns}\n"
-    # An in-place overwrite with a fragment (no newline) is refused, at the latest at close.
-    fd = os.open(a / "transcript", os.O_RDWR)
-    with pytest.raises(OSError) as info:
-        try:
-            os.pwrite(fd, b'{"role":"user"', 0)
-        finally:
-            os.close(fd)
-    assert info.value.errno in (errno.EPERM, errno.EINVAL), info.value
-    assert (a / "transcript").read_bytes() == now
+    reason = "agents/a/transcript is append-only (writing without O_APPEND refused)"
+    for flags in (os.O_WRONLY, os.O_RDWR):
+        refused(mnt, a, errno.EPERM, reason,
+                lambda flags=flags: os.close(os.open(a / "transcript", flags)))
+    with open(a / "transcript", "rb") as f:  # reading is fine
+        assert f.read() == USER + ASSISTANT
+    with open(a / "transcript", "ab") as f:  # Python's "a" is O_APPEND
+        f.write(USER)
+    assert read(a / "status") == "idle turns=3\n"
+
+
+def test_failed_spawn_and_message_names_explain_themselves(mnt: Path, started: Path) -> None:
+    a = started
+    refused(mnt, a, errno.EINVAL, "mkdir agents/-bad: agent name '-bad' must be",
+            lambda: os.mkdir(mnt / "agents" / "-bad"))
+    refused(mnt, a, errno.EINVAL, "inbox/.in-x: names starting with .in- are reserved",
+            lambda: (a / "inbox" / ".in-x").write_text("x"))
 
 
 INVALID_LINES = [
@@ -903,3 +891,20 @@ def test_parent_and_children(mnt: Path) -> None:
     assert "kid2" not in os.listdir(agents)
     assert not (agents / "kid2").exists()
     assert read(a / "children") == "f1\nf2\nkid\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_blocked_wait_can_be_interrupted(mnt: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (or kill) on `cat inbox/.wait-600` ends it at once, not in ten minutes."""
+    a = spawn(mnt, "w")
+    p = subprocess.Popen(["cat", str(a / "inbox" / ".wait-600")])
+    time.sleep(0.5)
+    assert p.poll() is None, "the wait returned without a message"
+    t0 = time.monotonic()
+    p.send_signal(sig)
+    p.wait(timeout=5)
+    assert time.monotonic() - t0 < 2
+    assert p.returncode == -sig
+    # The inbox still works for the next reader.
+    (a / "inbox" / "m").write_text("x")
+    assert read(a / "inbox" / ".wait-5").endswith("+m\n")
