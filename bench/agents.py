@@ -15,7 +15,7 @@ tmpfs (/dev/shm), then measures (names for --only):
               `inbox/.wait` wakes (p50/p99), against a pipe between two
               threads; throughput of 4 senders and one consuming reader,
               against the same protocol with rename(2) on tmpfs.
-  transcript  append latency of one line at 10 lines and at 100k lines,
+  transcript  append latency of one line at 10-210 lines and at 100k lines,
               against O_APPEND on a tmpfs file of the same length; store
               bytes per transcript byte.
   render      time to read context.json after each new turn at 10 and at
@@ -300,10 +300,13 @@ class Bench:
         fd = os.open(a / "transcript", os.O_WRONLY | os.O_APPEND)
         rfd = os.open(ref, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         before = store_bytes(self.store)
-        small, rsmall = measure(fd, rfd, 10, 0)
+        for i in range(10):
+            os.write(fd, line("user" if i % 2 == 0 else "assistant", f"{i} {msg}"))
+            os.write(rfd, line("user" if i % 2 == 0 else "assistant", f"{i} {msg}"))
+        small, rsmall = measure(fd, rfd, samples, 10)
         log(f"transcript: filling to {big} lines")
         chunk = []
-        for i in range(10, big - samples):
+        for i in range(10 + samples, big - samples):
             chunk.append(line("user" if i % 2 == 0 else "assistant", f"{i} {msg}"))
             if len(chunk) == 200:
                 os.write(fd, b"".join(chunk))  # many lines per write: each is still a turn
@@ -320,7 +323,8 @@ class Bench:
         size = (a / "transcript").stat().st_size
         added = store_bytes(self.store) - before
         for q in (0.5, 0.99):
-            row("transcript", f"append p{int(q * 100)} at 10 lines", "us", pct(small, q),
+            row("transcript", f"append p{int(q * 100)} at lines 10-{10 + samples}", "us",
+                pct(small, q),
                 pct(rsmall, q), "ref: O_APPEND on tmpfs")
             row("transcript", f"append p{int(q * 100)} at {lines} lines", "us", pct(large, q),
                 pct(rlarge, q))
