@@ -103,9 +103,11 @@ class _Incremental:
 class Contexts:
     """Incremental context.json and observations for every agent (a bounded cache)."""
 
-    def __init__(self, agents: Agents, capacity: int = 64) -> None:
+    def __init__(self, agents: Agents, capacity: int = 64,
+                 max_bytes: int = 256 * 1024 * 1024) -> None:
         self.agents = agents
         self.capacity = capacity
+        self.max_bytes = max_bytes  # transcript bytes held (about twice that in memory)
         self._cache: OrderedDict[int, _Incremental] = OrderedDict()
 
     def _inputs(self, a: Agent) -> tuple[bytes, bytes, bytes, bytes]:
@@ -127,7 +129,9 @@ class Contexts:
                 prompt.decode("utf-8", "replace"), policy))
         self._cache[a.view] = inc
         self._cache.move_to_end(a.view)
-        while len(self._cache) > self.capacity:
+        while len(self._cache) > self.capacity or (
+                len(self._cache) > 1
+                and sum(x.offset for x in self._cache.values()) > self.max_bytes):
             self._cache.popitem(last=False)
         if size > inc.offset:
             new = fs.read(t, inc.offset, size - inc.offset)

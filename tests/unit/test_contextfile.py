@@ -7,6 +7,8 @@ import json
 import random
 import stat
 
+import pytest
+
 from agentfs.agents import Agents, Role
 from agentfs.contextfile import Contexts, render_agent_context
 from agentfs.errors import FsError
@@ -74,9 +76,11 @@ def test_incremental_equals_reference_over_a_session(fs: FileSystem) -> None:
         contexts.observations(agents.get("a"))[: len(contexts.observations(agents.get("f")))]
 
 
-def test_a_fork_at_a_turn_renders_its_own_history(fs: FileSystem) -> None:
+@pytest.mark.parametrize("limits", [{"capacity": 2}, {"max_bytes": 1}])
+def test_a_fork_at_a_turn_renders_its_own_history(fs: FileSystem,
+                                                  limits: dict[str, int]) -> None:
     agents = Agents(fs)
-    contexts = Contexts(agents, capacity=2)
+    contexts = Contexts(agents, **limits)
     agents.spawn(b"a")
     rng = random.Random(1)
     for turn in range(1, 11):
