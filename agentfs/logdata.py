@@ -75,7 +75,8 @@ def read(tx: Tx, a: Attr, offset: int, size: int) -> bytes:
     pieces: list[bytes] = []
     pos = offset
     # The first record ending after `offset` holds it; the next ones follow on.
-    for sub, value in tx.scan(view, log_dir_suffix(local), u64(offset + 1)):
+    # Records ending past the size are another branch's (an origin's later turns).
+    for sub, value in tx.scan(view, log_dir_suffix(local), u64(offset + 1), u64(a.size + 1)):
         rec_end = read_u64(sub)
         start = rec_end - raw_length(value)
         if start > pos or (pieces and start != pos):

@@ -273,12 +273,14 @@ class Tx:
             self._note_write(vid, suffix)
             self.txn.put(base + inv(self.store.epoch), TOMBSTONE)
 
-    def scan(self, vid: int, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+    def scan(self, vid: int, prefix: bytes, start: bytes = b"", stop: bytes = b""
+             ) -> Iterator[tuple[bytes, bytes]]:
         """Visible (sub, value) pairs of records `prefix + sub` in sub order, merged
-        over all levels (the nearest level wins; tombstones hide)."""
+        over all levels (the nearest level wins; tombstones hide), for
+        start <= sub < stop (no upper bound if `stop` is empty)."""
         streams = []
         for i, (lvid, limit) in enumerate(self.levels(vid)):
-            streams.append(self._scan_level(lvid, limit, prefix, start, i))
+            streams.append(self._scan_level(lvid, limit, prefix, start, i, stop))
         last = None
         for sub, _level, value in heapq.merge(*streams):
             if sub == last:
@@ -288,11 +290,13 @@ class Tx:
                 yield sub, value
 
     def _scan_level(self, lvid: int, limit: int, prefix: bytes, start: bytes,
-                    level: int) -> Iterator[tuple[bytes, int, bytes]]:
+                    level: int, stop: bytes = b"") -> Iterator[tuple[bytes, int, bytes]]:
         base = b"R" + u32(lvid) + prefix
         n = len(base)
         last = None
-        for k, v in self.txn.scan(base + start, prefix_end(base)):
+        # A bound matters when a level holds many versions too new for `limit`:
+        # they are skipped one by one, so stop before them where possible.
+        for k, v in self.txn.scan(base + start, base + stop if stop else prefix_end(base)):
             sub = k[n:-8]
             if sub == last or birth_of(k) > limit:
                 continue

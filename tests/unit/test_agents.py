@@ -203,3 +203,47 @@ def test_log_files_refuse_rewrites_and_truncation(fs: FileSystem, agents: Agents
         assert e.value.errno == errno.EPERM
     fs.setattr(t, SetAttr(size=size))  # no change: allowed (O_TRUNC on an empty file)
     assert read_all(fs, t) == line("user", "hi") + b"\n"
+
+
+def test_a_fork_reads_its_tail_without_walking_its_origins_later_turns(
+        fs: FileSystem, agents: Agents) -> None:
+    """Reading a fork's own appended lines must not step over every line its
+    origin appended after the fork point (they are bounded out of the scan)."""
+    agents.spawn(b"a")
+    for i in range(5):
+        agents.append("a", line("user" if i % 2 == 0 else "assistant", f"early {i}"))
+    agents.fork("a", b"b", at_turn=5)
+    for i in range(5, 2005):
+        agents.append("a", line("user" if i % 2 == 0 else "assistant", f"late {i}"))
+    agents.append("b", line("assistant", "the fork's own turn"))
+    t = agents.transcript_ino("b")
+    size = fs.getattr(t).size
+    seen = 0
+    real_scan = fs.store.engine.begin
+
+    class Counting:
+        def __init__(self, ctx: object) -> None:
+            self.ctx = ctx
+
+        def __enter__(self) -> object:
+            txn = self.ctx.__enter__()  # type: ignore[attr-defined]
+            inner = txn.scan
+
+            def scan(start: bytes, end: bytes | None = None):  # type: ignore[no-untyped-def]
+                nonlocal seen
+                for kv in inner(start, end):
+                    seen += 1
+                    yield kv
+            txn.scan = scan
+            return txn
+
+        def __exit__(self, *exc: object) -> object:
+            return self.ctx.__exit__(*exc)  # type: ignore[attr-defined]
+
+    fs.store.engine.begin = lambda write=False: Counting(real_scan(write))  # type: ignore[method-assign]
+    try:
+        tail = fs.read(t, size - 20, 20)
+    finally:
+        fs.store.engine.begin = real_scan  # type: ignore[method-assign]
+    assert tail == (line("assistant", "the fork's own turn") + b"\n")[-20:]
+    assert seen < 50, f"{seen} keys visited for one read"
