@@ -908,3 +908,59 @@ def test_a_blocked_wait_can_be_interrupted(mnt: Path, sig: signal.Signals) -> No
     # The inbox still works for the next reader.
     (a / "inbox" / "m").write_text("x")
     assert read(a / "inbox" / ".wait-5").endswith("+m\n")
+
+
+APPEND_CODE = r"""
+import json, os, sys
+path, start = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+i = start
+while True:
+    role = "user" if i % 2 == 0 else "assistant"
+    body = ("bulky output " * (i % 7 * 300)) or "short"
+    os.write(fd, json.dumps({"role": role, "content": f"{i} {body}"}).encode() + b"\n")
+    if i % 3 == 0:
+        os.fsync(fd)
+        print(i, flush=True)  # every line up to i is durable
+    i += 1
+"""
+
+
+@pytest.mark.slow
+def test_transcripts_survive_sigkill_mid_append(mount) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL the daemon while a writer appends (some lines compressed): after
+    each remount every fsync'ed line is there, the transcript is whole lines
+    in order, the turn count matches, and fsck is clean."""
+    import random
+
+    rng = random.Random(5)
+    mnt = mount.path
+    spawn(mnt, "w")
+    next_line = 0
+    for _round in range(6):
+        t = mnt / "agents" / "w" / "transcript"
+        writer = subprocess.Popen([sys.executable, "-c", APPEND_CODE, str(t), str(next_line)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  env=clean_env(None))
+        assert writer.stdout is not None
+        durable = -1
+        deadline = time.monotonic() + rng.uniform(0.2, 1.0)
+        while time.monotonic() < deadline:
+            out = writer.stdout.readline()
+            if not out:
+                break
+            durable = int(out)
+        mount.kill()
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+        mount.start()
+        data = (mnt / "agents" / "w" / "transcript").read_bytes()
+        assert data.endswith(b"\n") or not data
+        lines = [json.loads(x) for x in data.splitlines()]
+        assert [int(m["content"].split(" ", 1)[0]) for m in lines] == list(range(len(lines)))
+        assert len(lines) > durable, f"fsync'ed line {durable} lost ({len(lines)} lines)"
+        assert read(mnt / "agents" / "w" / "status") == f"idle turns={len(lines)}\n"
+        next_line = len(lines)
+        mount.fsck()
+    assert next_line > 30, f"only {next_line} lines written: the test did not exercise much"
