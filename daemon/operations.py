@@ -383,13 +383,13 @@ class Operations(pyfuse3.Operations):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC) and self.fs.is_readonly(inode):
             raise FsError(errno.EROFS, "snapshots are read-only")
         transcript = self.agentfiles.is_transcript(inode)
+        if flags & os.O_TRUNC and self.fs.getattr(inode).size:
+            self.agentfiles.check(inode, "truncate", ctx.pid)
         if flags & (os.O_WRONLY | os.O_RDWR) and transcript is None:
             self.agentfiles.check(inode, "write", ctx.pid)
         elif flags & (os.O_WRONLY | os.O_RDWR) and not flags & os.O_APPEND:
             # Every write appends: say so at open rather than ignore an offset.
             self.agentfiles.check(inode, "writing without O_APPEND", ctx.pid)
-        if flags & os.O_TRUNC and self.fs.getattr(inode).size:
-            self.agentfiles.check(inode, "truncate", ctx.pid)
         if transcript is not None and flags & (os.O_WRONLY | os.O_RDWR):
             fh = self._new_fh(inode, flags, ctx.pid)
             self.handles[fh].transcript = transcript
