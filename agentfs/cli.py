@@ -379,6 +379,52 @@ def recv(name: str, wait: float | None, keep: bool, as_json: bool,
         click.echo(f"{msg.sender}: {text}")
 
 
+@main.command()
+@click.argument("agent")
+@click.option("--model", default=None,
+              help="the Claude model (default: the one the agent last ran with, a fork's "
+                   "origin's included; else $AGENTFS_MODEL; else claude-sonnet-4-6)")
+@click.option("--max-turns", type=click.IntRange(min=1), default=100, show_default=True,
+              help="model requests this run may make; then status idle")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="max_tokens of each request")
+@click.option("--wait", "wait", type=float, default=0.0, show_default=True,
+              help="when the model ends its turn, wait this many seconds for a message")
+@click.option("--children/--no-children", default=True, show_default=True,
+              help="start runners for the agents this one spawns or forks")
+@click.option("--max-retries", type=click.IntRange(min=0), default=8, show_default=True,
+              help="SDK retries (with backoff) of 429, 5xx and overloaded answers")
+@click.option("--quiet", "-q", is_flag=True, help="no progress lines on stderr")
+@mount_option
+def run(agent: str, model: str | None, max_turns: int, max_tokens: int, wait: float,
+        children: bool, max_retries: int, quiet: bool, mount_opt: str | None) -> None:
+    """Run AGENT (MOUNT/agents/NAME, or NAME) with Claude until it ends its turn.
+
+    Sends the agent's context.json through the Anthropic SDK (ANTHROPIC_API_KEY,
+    ANTHROPIC_BASE_URL), appends replies and tool results to its transcript,
+    delivers its messages between turns, and keeps status and usage current.
+    Ctrl-C leaves a consistent transcript; run again to resume."""
+    from agentfs.client import runner
+
+    m, name = resolve_agent(agent, mount_opt)
+    problem = runner.api_key_problem()
+    if problem:
+        raise click.ClickException(problem)
+    with client_errors():
+        m.agent(name)
+    runner.speak_as(name)  # re-executes with AGENTFS_AGENT=NAME when needed
+
+    def progress(line: str) -> None:
+        click.echo(f"[{name}] {line}", err=True)
+
+    with client_errors():
+        result = runner.run_agent(m.agent(name), model=model, max_turns=max_turns,
+                                  max_tokens=max_tokens, wait=wait, children=children,
+                                  max_retries=max_retries, log=None if quiet else progress)
+    click.echo(result.summary())
+    sys.exit(result.exit_code)
+
+
 def lineage_records(mount_opt: str | None) -> list[dict[str, Any]]:
     m = client_mount(mount_opt)
     with client_errors():
