@@ -321,16 +321,14 @@ class AgentFiles:
         r = self.role(ino)
         return r[0] if r is not None and r[1] is Role.TRANSCRIPT else None
 
-    def append_lines(self, a: Agent, buf: bytes, pid: int) -> bytes:
-        """Append every complete line of `buf`; return the incomplete rest."""
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
+    def append_lines(self, a: Agent, lines: list[bytes], pid: int) -> None:
+        """Append complete lines, in order, each a turn; stop at the first invalid one."""
+        for line in lines:
             try:
                 self.agents.append(a.name, line)
             except ValueError as e:
                 self.errors.record(pid, f"agents/{a.name}/transcript: line refused: {e}")
                 raise FsError(errno.EINVAL, str(e))
-        return buf
 
     def content(self, ino: int, pid: int) -> bytes:
         """What reading a virtual agent file returns (fixed at open)."""

@@ -12,6 +12,14 @@ from collections import OrderedDict
 
 MAX_PIDS = 1024
 ANCESTORS = 6
+MAX_MESSAGE = 1000  # longer messages (a huge bad command echoed back) keep both ends
+
+
+def shorten(message: str) -> str:
+    if len(message) <= MAX_MESSAGE:
+        return message
+    cut = len(message) - 800
+    return f"{message[:500]} …({cut} characters cut)… {message[-300:]}"
 
 
 def parent_pid(pid: int) -> int:
@@ -32,7 +40,7 @@ class ErrorLog:
 
     def record(self, pid: int, message: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        line = f"{stamp} {message}"
+        line = f"{stamp} {shorten(message)}"
         self.last = line
         self.by_pid[pid] = line
         self.by_pid.move_to_end(pid)

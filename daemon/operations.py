@@ -25,9 +25,13 @@ from agentfs.control import run_command
 from agentfs.errors import FsError
 from agentfs.fs import CTLDIR, ROOT_INO, SNAPDIR, FileSystem, SetAttr
 from agentfs.kv import NoSpace
+from agentfs.render import MAX_LINE
 
 from .agentfiles import AgentFiles
 from .errstr import ErrorLog
+from .lines import LineBuffer
+
+CONTROL_LINE_MAX = 64 * 1024  # a control command longer than this is refused
 
 log = logging.getLogger("agentfs.daemon")
 
@@ -87,13 +91,15 @@ def invalidate_kernel_cache(parent: int, name: bytes, removed: int) -> None:
 
 
 class Handle:
-    __slots__ = ("ino", "buf", "content", "flags", "pid", "message", "transcript", "listing")
+    __slots__ = ("ino", "buf", "lines", "content", "flags", "pid", "message", "transcript",
+                 "listing")
 
     def __init__(self, ino: int, flags: int = 0, pid: int = 0) -> None:
         self.ino = ino
         self.flags = flags
         self.pid = pid  # who opened it: write() has no request context
-        self.buf = b""  # bytes written but not yet acted on (partial lines)
+        self.buf = b""  # errstr's text, fixed at open
+        self.lines = LineBuffer(CONTROL_LINE_MAX)  # control lines being written
         self.content: bytes | None = None  # what reads return, fixed at open (virtual files)
         self.message: tuple[Agent, bytes, str] | None = None  # an inbox message being written
         self.transcript: Agent | None = None  # appending to an agent's transcript
@@ -393,6 +399,7 @@ class Operations(pyfuse3.Operations):
         if transcript is not None and flags & (os.O_WRONLY | os.O_RDWR):
             fh = self._new_fh(inode, flags, ctx.pid)
             self.handles[fh].transcript = transcript
+            self.handles[fh].lines = LineBuffer(MAX_LINE + 1)
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if flags & os.O_TRUNC:
             # libfuse negotiates atomic O_TRUNC: the kernel sends no separate setattr.
@@ -422,25 +429,32 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.handles[fh]
         if h.ino == CTL_INO:
-            h.buf += buf
-            while b"\n" in h.buf:
-                line, h.buf = h.buf.split(b"\n", 1)
+            for line in self._lines(h, buf, ".agentfs/ctl"):
                 self._control(h, line)
             return len(buf)
         if AgentFiles.owns(h.ino):
-            pending = h.buf + buf
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
+            for line in self._lines(h, buf, "control file"):
                 self.agentfiles.control(h.ino, line, h.pid)
-            h.buf = pending
             return len(buf)
         if h.ino & VIRTUAL:
             raise FsError(errno.EBADF)
         if h.transcript is not None:
-            h.buf = self.agentfiles.append_lines(h.transcript, h.buf + buf, h.pid)
+            try:
+                lines = self._lines(h, buf, f"agents/{h.transcript.name}/transcript")
+                self.agentfiles.append_lines(h.transcript, lines, h.pid)
+            except FsError:
+                h.lines.clear()  # the write failed: none of it stays pending
+                raise
             return len(buf)
         self.fs.write(h.ino, off, buf)
         return len(buf)
+
+    def _lines(self, h: Handle, buf: bytes, what: str) -> list[bytes]:
+        try:
+            return h.lines.feed(buf)
+        except FsError as e:
+            self.errors.record(h.pid, f"{what}: {e.message}")
+            raise
 
     def _control(self, h: Handle, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
@@ -464,9 +478,8 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def flush(self, fh: int) -> None:
         h = self.handles.get(fh)
-        if h is not None and h.ino == CTL_INO and h.buf:
-            line, h.buf = h.buf, b""
-            self._control(h, line)
+        if h is not None and h.ino == CTL_INO and h.lines:
+            self._control(h, h.lines.take())
         elif (h is not None and (h.message is not None or h.transcript is not None)
               and not self.agentfiles.held_open(h.pid, h.ino)):
             # Only the last close counts: not a child's inherited copy.
@@ -477,18 +490,17 @@ class Operations(pyfuse3.Operations):
         if h.message is not None:
             staged, h.message = h.message, None
             self.agentfiles.deliver(staged)
-        elif h.transcript is not None and h.buf:
-            rest, h.buf = h.buf, b""
+        elif h.transcript is not None and h.lines:
+            rest = h.lines.take()
             self.errors.record(h.pid, f"agents/{h.transcript.name}/transcript: incomplete "
                                f"line refused (no newline): {rest[:80]!r}")
             raise FsError(errno.EINVAL, "incomplete transcript line")
-        elif h is not None and AgentFiles.owns(h.ino) and h.buf:
-            line, h.buf = h.buf, b""
-            self.agentfiles.control(h.ino, line, h.pid)
+        elif h is not None and AgentFiles.owns(h.ino) and h.lines:
+            self.agentfiles.control(h.ino, h.lines.take(), h.pid)
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
-        if h is not None and (h.message is not None or h.buf and h.transcript is not None):
+        if h is not None and (h.message is not None or h.lines and h.transcript is not None):
             # The opener passed the descriptor on and closed before its heirs.
             try:
                 self._last_close(h)

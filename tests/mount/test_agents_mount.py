@@ -964,3 +964,60 @@ def test_transcripts_survive_sigkill_mid_append(mount) -> None:  # type: ignore[
         next_line = len(lines)
         mount.fsck()
     assert next_line > 30, f"only {next_line} lines written: the test did not exercise much"
+
+
+def test_huge_lines_are_refused_without_buffering_forever(mnt: Path, started: Path) -> None:
+    """A transcript line that passes 16 MiB with no newline, or a control
+    command that passes 64 KiB, is refused (EINVAL, reason in errstr) and
+    dropped; the file works normally afterwards. A big valid line (10 MB,
+    written in kernel-sized pieces) goes in whole and quickly."""
+    a = started
+    from agentfs.render import MAX_LINE
+
+    def huge_line() -> None:
+        fd = os.open(a / "transcript", os.O_WRONLY | os.O_APPEND)
+        try:
+            chunk = b"x" * (1 << 20)
+            for _ in range(MAX_LINE // len(chunk) + 2):
+                os.write(fd, chunk)
+        finally:
+            os.close(fd)
+
+    refused(mnt, a, errno.EINVAL, f"agents/a/transcript: a line longer than {MAX_LINE + 1} "
+            "bytes without a newline", huge_line)
+    def huge_command() -> None:
+        fd = os.open(a / "ctl", os.O_WRONLY)
+        try:
+            os.write(fd, b"status " + b"x" * 100_000)  # no newline yet
+        finally:
+            os.close(fd)
+
+    refused(mnt, a, errno.EINVAL, "control file: a line longer than 65536 bytes", huge_command)
+    # A long bad command that does end in a newline: refused, and errstr stays short.
+    with pytest.raises(OSError):
+        ctl(a, "status " + "x" * 60_000)
+    assert len(errstr(a)) < 1100 and "characters cut" in errstr(a)
+    assert errstr(a).rstrip().endswith("status must be one of idle, running, waiting, done, "
+                                       "failed")
+    text = "y" * 10_000_000
+    big = json.dumps({"role": "assistant", "content": text}).encode() + b"\n"
+    t0 = time.monotonic()
+    append(a, big)
+    assert time.monotonic() - t0 < 10
+    assert (a / "transcript").read_bytes() == USER + big
+    assert read(a / "status") == "idle turns=2\n"
+
+
+def test_a_write_with_an_invalid_line_keeps_the_valid_lines_before_it(
+        mnt: Path, started: Path) -> None:
+    a = started
+    fd = os.open(a / "transcript", os.O_WRONLY | os.O_APPEND)
+    try:
+        with pytest.raises(OSError) as info:
+            os.write(fd, ASSISTANT + b"not json\n" + USER)
+        assert info.value.errno == errno.EINVAL
+        os.write(fd, USER)  # nothing of the failed write is pending: this line stands alone
+    finally:
+        os.close(fd)
+    assert (a / "transcript").read_bytes() == USER + ASSISTANT + USER
+    assert "line is not valid JSON" in errstr(a)
