@@ -720,3 +720,20 @@ def test_write_to_errstr_is_ebadf(ops: Operations) -> None:
     fi = run(ops.open, ERRSTR_INO, os.O_RDONLY, CTX)
     assert fuse_errno(ops.write, fi.fh, 0, b"x") == errno.EBADF
     run(ops.release, fi.fh)
+
+
+def test_line_buffer_joins_pieces_and_bounds_a_line() -> None:
+    from agentfs.daemon.lines import LineBuffer
+
+    from agentfs.errors import FsError
+
+    b = LineBuffer(limit=10)
+    assert b.feed(b"ab") == [] and b
+    assert b.feed(b"c\nde\n\nf") == [b"abc", b"de", b""]
+    assert b.take() == b"f" and not b
+    assert b.feed(b"x" * 10) == []
+    with pytest.raises(FsError) as e:
+        b.feed(b"y")
+    assert e.value.errno == errno.EINVAL and "longer than 10 bytes" in e.value.message
+    assert not b  # nothing of the refused line is kept
+    assert b.feed(b"z" * 50 + b"\n") == [b"z" * 50]  # a whole line in one piece is the caller's
