@@ -31,6 +31,7 @@ from . import codec
 from .codec import Attr, attr_suffix, fuse_ino, split_ino, u32
 from .errors import FsError
 from .fs import ROOT_INO, FileSystem
+from .kv import prefix_end
 from .views import Tx
 
 AGENTS_DIR = b"agents"
@@ -204,6 +205,15 @@ class Agents:
     def remove(self, name: str) -> None:
         """Remove an agent and everything it holds (its forks keep what they share)."""
         a = self.get(name)
+        with self.fs.store.write() as tx:
+            # Its turns go with it: nothing can fork at them once the agent is
+            # gone (its forks keep, by their own pins, what they share).
+            for epoch, holder in tx.pins(a.view):
+                if holder == TURN_HOLDER:
+                    tx.unpin(a.view, epoch, holder)
+            prefix = b"T" + u32(a.view)
+            for k, _ in list(tx.txn.scan(prefix, prefix_end(prefix))):
+                tx.txn.delete(k)
         self.fs.detach(self.dir_ino(), name.encode())
         with self.fs.store.write() as tx:
             tx.txn.delete(b"A" + name.encode())

@@ -746,18 +746,49 @@ class FileSystem:
 
     # ------------------------------------------------------------ forks and snapshots
 
-    def _pin_tree(self, tx: Tx, view: int, holder: bytes, epoch: int | None = None) -> int:
-        """Pin `view` and every view nested in it (their state is part of the tree)."""
+    def _pin_tree(self, tx: Tx, view: int, holder: bytes, epoch: int | None = None,
+                  top: int | None = None) -> int:
+        """Pin `view` and every view nested in it (their state is part of the
+        tree); only those mounted under directory `top` of the view if given
+        (for "now" only: where a view sat at a past epoch is not tracked)."""
         e = tx.pin(view, holder, epoch)
         for k, _ in list(tx.txn.scan(b"C" + u32(view), prefix_end(b"C" + u32(view)))):
             inner = codec.read_u32(k, 5)
             if tx.view(inner).kind in ("dead", "snapshot"):
+                continue
+            if top is not None and epoch is None and not self._mounted_under(tx, view, top,
+                                                                             inner):
                 continue
             if epoch is None or tx.is_pinned(inner, e):
                 tx.txn.put(codec.pin_key(inner, e, holder), b"")
                 tx.store._maxpin[inner] = max(tx.maxpin(inner), e)
                 self._pin_nested(tx, inner, holder, e)
         return e
+
+    def _mounted_under(self, tx: Tx, view: int, top: int, inner: int) -> bool:
+        """Is nested view `inner`'s root entry inside directory `top` of `view`?
+        (Unsure answers say yes: pinning too much is only a cost.)"""
+        iv = tx.view(inner)
+        raw = tx.get(inner, attr_suffix(iv.root))
+        if raw is None:
+            return True
+        a = Attr.decode(raw)
+        if a.parent_view not in (0, view):
+            return True
+        local = a.parent_local
+        for _ in range(4096):
+            if local == top:
+                return True
+            if local == tx.view(view).root:
+                return False
+            raw = tx.get(view, attr_suffix(local))
+            if raw is None:
+                return True
+            d = Attr.decode(raw)
+            if d.parent_view not in (0, view) or d.parent_local == local:
+                return False
+            local = d.parent_local
+        return True
 
     def _pin_nested(self, tx: Tx, view: int, holder: bytes, e: int) -> None:
         for k, _ in list(tx.txn.scan(b"C" + u32(view), prefix_end(b"C" + u32(view)))):
@@ -768,21 +799,36 @@ class FileSystem:
             tx.store._maxpin[inner] = max(tx.maxpin(inner), e)
             self._pin_nested(tx, inner, holder, e)
 
-    def _unpin_tree(self, tx: Tx, holder: bytes) -> None:
-        """Release every pin `holder` has, anywhere."""
+    def _unpin_tree(self, tx: Tx, holder: bytes) -> set[int]:
+        """Release every pin `holder` has, anywhere; returns the views it pinned."""
+        released = set()
         for k, _ in list(tx.txn.scan(b"P", b"Q")):
             if k[13:] == holder:
-                tx.unpin(codec.read_u32(k, 1), codec.read_u64(k, 5), holder)
+                vid = codec.read_u32(k, 1)
+                tx.unpin(vid, codec.read_u64(k, 5), holder)
+                released.add(vid)
+        return released
+
+    def _release_dead(self, tx: Tx, vid: int) -> None:
+        """A dead view that nothing pins any more lets go of the views it read
+        through to; those that are dead and now unpinned do the same."""
+        todo = [vid]
+        while todo:
+            v = todo.pop()
+            if tx.view_exists(v) and tx.view(v).kind == "dead" and not tx.pins(v):
+                todo.extend(self._unpin_tree(tx, b"v" + u32(v)))
 
     def pin(self, dir_ino: int, holder: bytes) -> int:
         """Remember the tree under `dir_ino`'s view as it is now; returns the epoch."""
         with self.store.write() as tx:
             self._dir(tx, dir_ino)
-            return self._pin_tree(tx, split_ino(dir_ino)[0], holder)
+            view, local = split_ino(dir_ino)
+            return self._pin_tree(tx, view, holder, top=local)
 
     def unpin(self, dir_ino: int, holder: bytes) -> None:
         with self.store.write() as tx:
-            self._unpin_tree(tx, holder)
+            for vid in self._unpin_tree(tx, holder):
+                self._release_dead(tx, vid)
 
     def fork(self, src_dir: int, dst_dir: int, dst_name: bytes, epoch: int | None = None,
              uid: int = 0, gid: int = 0) -> Attr:
@@ -810,7 +856,7 @@ class FileSystem:
                 tx.pin(sv.chain[0][0], holder, e)
                 new_chain = list(sv.chain)
             else:
-                e = self._pin_tree(tx, sview, holder, epoch)
+                e = self._pin_tree(tx, sview, holder, epoch, top=slocal)
                 new_chain = [(sview, e), *chain[1:]]
             nv = tx.new_view(new_chain, slocal, False, split_ino(dst_dir)[0], "fork",
                              tx.peek_next_ino(sview))
@@ -841,7 +887,7 @@ class FileSystem:
             if tx.txn.get(key) is not None:
                 raise FsError(errno.EEXIST, "snapshot exists")
             vid = tx.store.next_view
-            e = self._pin_tree(tx, view, b"v" + u32(vid), epoch)
+            e = self._pin_tree(tx, view, b"v" + u32(vid), epoch, top=local)
             nv = tx.new_view([(view, e), *v.chain], local, True, view, "snapshot",
                              tx.peek_next_ino(view))
             tx.txn.put(b"C" + u32(view) + u32(nv.id), b"")
@@ -883,16 +929,21 @@ class FileSystem:
             self._kill_view(tx, codec.read_u32(raw))
 
     def _kill_view(self, tx: Tx, vid: int) -> None:
-        """Mark a view dead: it releases its pins; gc reclaims what it held."""
+        """Mark a view (and the views nested in it) dead; gc reclaims what they held.
+
+        A dead view keeps its own pins (on the views it reads through to) for
+        as long as something still pins it: a snapshot taken earlier may see
+        it, and so everything under it. The last unpin releases them."""
         v = tx.view(vid)
         if v.kind == "dead":
             return
-        v.kind = "dead"
-        tx.save_view(v)
-        self._unpin_tree(tx, b"v" + u32(vid))
+        v.kind = "dead"  # (the cached definition: _release_dead sees it)
+        # Deletions first: on a full store, this is how space comes back.
         tx.txn.delete(b"C" + u32(v.container) + u32(vid))
         for k, _ in list(tx.txn.scan(b"C" + u32(vid), prefix_end(b"C" + u32(vid)))):
             self._kill_view(tx, codec.read_u32(k, 5))
+        self._release_dead(tx, vid)
+        tx.save_view(v)
         tx.mark_dirty(vid)
 
     def detach(self, dir_ino: int, name: bytes) -> None:
@@ -906,10 +957,10 @@ class FileSystem:
             cview, clocal = split_ino(child)
             if cview == split_ino(dir_ino)[0] or tx.view(cview).root != clocal:
                 raise FsError(errno.EINVAL, "not the root of a fork")
+            self._kill_view(tx, cview)  # first: it frees what it can
             self._unlink_entry(tx, dir_ino, name)
             d.nlink -= 1
             self._touch(tx, d, self.clock())
-            self._kill_view(tx, cview)
 
     def epoch_now(self) -> int:
         return self.store.epoch

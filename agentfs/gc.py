@@ -22,6 +22,7 @@ from .kv import prefix_end
 from .views import Store, Tx
 
 BATCH = 2000  # records examined per transaction
+MAX_PASSES = 64
 
 
 def collect(store: Store, everything: bool = False) -> dict[str, int]:
@@ -36,20 +37,26 @@ def collect_steps(store: Store, everything: bool = False,
                   stats: dict[str, int] | None = None) -> Iterator[None]:
     """Generator form: each step is one committed transaction."""
     stats = stats if stats is not None else {"views": 0, "versions": 0, "dropped_views": 0}
-    with store.read() as tx:
-        if everything:
-            queue = [codec.read_u32(k, 1) for k, _ in tx.txn.scan(b"V", b"W")]
-        else:
-            queue = [codec.read_u32(k, 1) for k, _ in tx.txn.scan(b"G", b"H")]
-    for vid in queue:
-        stats["views"] += 1
-        resume: bytes | None = b""
-        while resume is not None:
-            with store.write() as tx:
-                resume = _collect_view(tx, vid, resume, stats)
-                if resume is None:
-                    tx.txn.delete(b"G" + u32(vid))
-            yield
+    # Dropping a view releases its pins and queues the views it pinned, which
+    # may then go too: go on until the queue stays empty (a chain of nested
+    # copies is as deep as the forks were nested; MAX_PASSES bounds a surprise).
+    for n in range(MAX_PASSES):
+        with store.read() as tx:
+            if everything and n == 0:
+                queue = [codec.read_u32(k, 1) for k, _ in tx.txn.scan(b"V", b"W")]
+            else:
+                queue = [codec.read_u32(k, 1) for k, _ in tx.txn.scan(b"G", b"H")]
+        if not queue:
+            return
+        for vid in queue:
+            stats["views"] += 1
+            resume: bytes | None = b""
+            while resume is not None:
+                with store.write() as tx:
+                    resume = _collect_view(tx, vid, resume, stats)
+                    if resume is None:
+                        tx.txn.delete(b"G" + u32(vid))
+                yield
 
 
 def _collect_view(tx: Tx, vid: int, start: bytes, stats: dict[str, int]) -> bytes | None:
@@ -117,6 +124,12 @@ def _pinned_between(pins: list[int], lo: int, hi: int) -> bool:
 
 
 def _drop_view(tx: Tx, vid: int) -> None:
+    """Remove a dead, unpinned view, and release the pins it held on the views
+    it read through to (they are queued for collection in turn)."""
+    holder = b"v" + u32(vid)
+    for k, _ in list(tx.txn.scan(b"P", b"Q")):
+        if k[13:] == holder:
+            tx.unpin(codec.read_u32(k, 1), codec.read_u64(k, 5), holder)
     for prefix in (codec.rec_prefix(vid), b"S" + u32(vid), b"O" + u32(vid),
                    b"C" + u32(vid), b"m" + u32(vid), b"G" + u32(vid)):
         for k, _ in list(tx.txn.scan(prefix, prefix_end(prefix))):

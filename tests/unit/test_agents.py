@@ -8,6 +8,7 @@ import stat
 
 import pytest
 
+from agentfs import codec
 from agentfs.agents import SKELETON, Agents, Role
 from agentfs.errors import FsError
 from agentfs.fs import ROOT_INO, FileSystem, SetAttr
@@ -247,3 +248,29 @@ def test_a_fork_reads_its_tail_without_walking_its_origins_later_turns(
         fs.store.engine.begin = real_scan  # type: ignore[method-assign]
     assert tail == (line("assistant", "the fork's own turn") + b"\n")[-20:]
     assert seen < 50, f"{seen} keys visited for one read"
+
+
+def test_removing_an_agent_frees_its_turns(fs: FileSystem, agents: Agents) -> None:
+    """Each turn pins the agent; once it is removed nothing can fork at those
+    turns, so gc must be able to drop the whole view (its forks keep what
+    they share by their own pins)."""
+    from agentfs.gc import collect
+
+    agents.spawn(b"a")
+    for i in range(30):
+        agents.append("a", line("user" if i % 2 == 0 else "assistant", f"turn {i}"))
+        ws_write(fs, agents, "a", b"f", b"version %d" % i)
+    agents.fork("a", b"keep", at_turn=10)
+    view = agents.get("a").view
+    agents.remove("a")
+    collect(fs.store)
+    with fs.store.read() as tx:
+        assert list(tx.txn.scan(b"T" + codec.u32(view), b"T" + codec.u32(view + 1))) == []
+        assert {h for _, h in tx.pins(view)} <= {b"v" + codec.u32(agents.get("keep").view)}
+    assert ws_read(fs, agents, "keep", b"f") == b"version 8"  # written after turn 9
+    agents.remove("keep")
+    collect(fs.store)
+    with fs.store.read() as tx:
+        kinds = [codec.ViewDef.decode(codec.read_u32(k, 1), v).kind
+                 for k, v in tx.txn.scan(b"V", b"W")]
+    assert "dead" not in kinds, kinds

@@ -9,9 +9,11 @@ import stat
 import pytest
 from fsutil import build, cat, mkdir, mkfile, names, raises, symlink, tree
 
+from agentfs import codec
 from agentfs.codec import split_ino
 from agentfs.errors import FsError
 from agentfs.fs import RENAME_EXCHANGE, ROOT_INO, XATTR_CREATE, FileSystem, SetAttr
+from agentfs.gc import collect
 
 SPEC: dict[str, object] = {
     "f": b"file data",
@@ -289,3 +291,61 @@ def test_rmdir_nonempty_fork_root(fs: FileSystem, forked: tuple[int, int]) -> No
 def test_unlink_fork_root_is_eisdir(fs: FileSystem, forked: tuple[int, int]) -> None:
     with raises(errno.EISDIR):
         fs.unlink(ROOT_INO, b"fork")
+
+
+def test_snapshot_keeps_nested_copies_whose_sources_are_deleted(fs: FileSystem) -> None:
+    """Found by the mount's fork/snapshot state machine: t0 holds forks of
+    itself nested three deep; a nested copy (n3/n2) reads through to the view
+    it was copied from (n2). Deleting n2, snapshotting t0, then deleting n3
+    must leave the snapshot whole after gc: a dead view that a snapshot still
+    sees keeps its own sources pinned."""
+    t0 = mkdir(fs, ROOT_INO, b"t0")
+    mkfile(fs, t0.ino, b"f", b"root file")
+    for n in (b"n1", b"n2", b"n3"):
+        fs.fork(t0.ino, t0.ino, n)
+        tree(fs, t0.ino)  # reading makes the lazy nested copies, as `find` would
+    fs.detach(t0.ino, b"n2")
+    collect(fs.store)
+    want = tree(fs, t0.ino)
+    assert "n3/n2/n1/f" in flatten(want)
+    snap = fs.snapshot(t0.ino, b"s")
+    fs.detach(t0.ino, b"n3")
+    collect(fs.store)
+    collect(fs.store, everything=True)
+    assert tree(fs, snap.ino) == want
+    fs.delete_snapshot(t0.ino, b"s")
+    collect(fs.store)
+    with fs.store.read() as tx:  # and once the snapshot is gone, so is everything it kept
+        views = {codec.read_u32(k, 1): codec.ViewDef.decode(codec.read_u32(k, 1), v).kind
+                 for k, v in tx.txn.scan(b"V", b"W")}
+    assert "dead" not in views.values(), views
+
+
+def flatten(t: dict[str, object], prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in t.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= flatten(v, prefix + k + "/")
+    return out
+
+
+def test_a_snapshot_pins_only_the_forks_inside_its_directory(fs: FileSystem) -> None:
+    """Snapshotting /a must not keep alive a fork mounted at /b (outside /a),
+    while a fork mounted inside /a stays readable through the snapshot."""
+    a = mkdir(fs, ROOT_INO, b"a")
+    mkfile(fs, a.ino, b"x", b"in a")
+    src = mkdir(fs, ROOT_INO, b"src")
+    mkfile(fs, src.ino, b"y", b"in src")
+    outside = fs.fork(src.ino, ROOT_INO, b"b")
+    inside = fs.fork(src.ino, a.ino, b"inner")
+    snap = fs.snapshot(a.ino, b"s")
+    fs.detach(ROOT_INO, b"b")
+    fs.detach(a.ino, b"inner")
+    collect(fs.store)
+    with fs.store.read() as tx:
+        gone = not tx.view_exists(split_ino(outside.ino)[0])
+        kept = tx.view_exists(split_ino(inside.ino)[0])
+    assert gone, "a fork outside the snapshot's directory was kept alive"
+    assert kept, "a fork inside the snapshot's directory was dropped"
+    assert tree(fs, snap.ino) == {"x": b"in a", "inner": {"y": b"in src"}}
