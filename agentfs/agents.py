@@ -208,9 +208,16 @@ class Agents:
         with self.fs.store.write() as tx:
             # Its turns go with it: nothing can fork at them once the agent is
             # gone (its forks keep, by their own pins, what they share).
-            for epoch, holder in tx.pins(a.view):
-                if holder == TURN_HOLDER:
-                    tx.unpin(a.view, epoch, holder)
+            views, todo = [], [a.view]
+            while todo:  # the agent's view and the forks nested in it
+                v = todo.pop()
+                views.append(v)
+                c = b"C" + u32(v)
+                todo += [codec.read_u32(k, 5) for k, _ in tx.txn.scan(c, prefix_end(c))]
+            for v in views:
+                for epoch, holder in tx.pins(v):
+                    if holder == TURN_HOLDER:
+                        tx.unpin(v, epoch, holder)
             prefix = b"T" + u32(a.view)
             for k, _ in list(tx.txn.scan(prefix, prefix_end(prefix))):
                 tx.txn.delete(k)
@@ -234,7 +241,8 @@ class Agents:
             t = self.fs._attr(tx, a.ino(Role.TRANSCRIPT))
             self.fs._write(tx, t, t.size, line + b"\n")
             a.turns += 1
-            epoch = tx.pin(a.view, TURN_HOLDER)
+            # The whole tree as it is now, forks made inside the workspace too.
+            epoch = self.fs._pin_tree(tx, a.view, TURN_HOLDER)
             tx.txn.put(b"T" + u32(a.view) + u32(a.turns), codec.pack([epoch, t.size]))
             self._put(tx, a)
             return a.turns

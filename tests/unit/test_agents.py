@@ -274,3 +274,32 @@ def test_removing_an_agent_frees_its_turns(fs: FileSystem, agents: Agents) -> No
         kinds = [codec.ViewDef.decode(codec.read_u32(k, 1), v).kind
                  for k, v in tx.txn.scan(b"V", b"W")]
     assert "dead" not in kinds, kinds
+
+
+def test_turn_snapshots_include_forks_nested_in_the_workspace(fs: FileSystem,
+                                                              agents: Agents) -> None:
+    from agentfs.gc import collect
+
+    a = agents.spawn(b"a")
+    ws = a.ino(Role.WORKSPACE)
+    d = fs.create(ws, b"d", stat.S_IFDIR | 0o755, 0, 0)
+    fs.fork(d.ino, ws, b"nested")
+    nested = fs.lookup(ws, b"nested").ino
+    f = fs.create(nested, b"f", stat.S_IFREG | 0o644, 0, 0).ino
+    for i in range(6):
+        fs.setattr(f, SetAttr(size=0))
+        fs.write(f, 0, b"turn %d" % i)
+        agents.append("a", line("user" if i % 2 == 0 else "assistant", f"turn {i}"))
+    collect(fs.store)
+    owner, epoch = agents.turn_epoch("a", 3)
+    snap = fs.snapshot(owner.root_ino, b"turn-3", epoch)
+    sws = fs.lookup(snap.ino, b"workspace").ino
+    got = fs.lookup(fs.lookup(sws, b"nested").ino, b"f")
+    assert fs.read(got.ino, 0, 100) == b"turn 2"
+    fs.delete_snapshot(owner.root_ino, b"turn-3")
+    agents.remove("a")
+    collect(fs.store)
+    with fs.store.read() as tx:
+        kinds = [codec.ViewDef.decode(codec.read_u32(k, 1), v).kind
+                 for k, v in tx.txn.scan(b"V", b"W")]
+    assert "dead" not in kinds, kinds
