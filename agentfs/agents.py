@@ -37,7 +37,11 @@ from .views import Tx
 AGENTS_DIR = b"agents"
 NAME_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STATUSES = ("idle", "running", "waiting", "done", "failed")
-TURN_HOLDER = b"turn"
+
+
+def turn_holder(view: int) -> bytes:
+    """Who holds an agent's per-turn pins (on its view and the forks nested in it)."""
+    return b"t" + u32(view)
 
 
 class Role(enum.IntEnum):
@@ -208,16 +212,7 @@ class Agents:
         with self.fs.store.write() as tx:
             # Its turns go with it: nothing can fork at them once the agent is
             # gone (its forks keep, by their own pins, what they share).
-            views, todo = [], [a.view]
-            while todo:  # the agent's view and the forks nested in it
-                v = todo.pop()
-                views.append(v)
-                c = b"C" + u32(v)
-                todo += [codec.read_u32(k, 5) for k, _ in tx.txn.scan(c, prefix_end(c))]
-            for v in views:
-                for epoch, holder in tx.pins(v):
-                    if holder == TURN_HOLDER:
-                        tx.unpin(v, epoch, holder)
+            self.fs._release(tx, turn_holder(a.view))
             prefix = b"T" + u32(a.view)
             for k, _ in list(tx.txn.scan(prefix, prefix_end(prefix))):
                 tx.txn.delete(k)
@@ -242,7 +237,7 @@ class Agents:
             self.fs._write(tx, t, t.size, line + b"\n")
             a.turns += 1
             # The whole tree as it is now, forks made inside the workspace too.
-            epoch = self.fs._pin_tree(tx, a.view, TURN_HOLDER)
+            epoch = self.fs._pin_tree(tx, a.view, turn_holder(a.view))
             tx.txn.put(b"T" + u32(a.view) + u32(a.turns), codec.pack([epoch, t.size]))
             self._put(tx, a)
             return a.turns

@@ -799,24 +799,14 @@ class FileSystem:
             tx.store._maxpin[inner] = max(tx.maxpin(inner), e)
             self._pin_nested(tx, inner, holder, e)
 
-    def _unpin_tree(self, tx: Tx, holder: bytes) -> set[int]:
-        """Release every pin `holder` has, anywhere; returns the views it pinned."""
-        released = set()
-        for k, _ in list(tx.txn.scan(b"P", b"Q")):
-            if k[13:] == holder:
-                vid = codec.read_u32(k, 1)
-                tx.unpin(vid, codec.read_u64(k, 5), holder)
-                released.add(vid)
-        return released
-
-    def _release_dead(self, tx: Tx, vid: int) -> None:
-        """A dead view that nothing pins any more lets go of the views it read
-        through to; those that are dead and now unpinned do the same."""
-        todo = [vid]
+    def _release(self, tx: Tx, holder: bytes) -> None:
+        """Release every pin `holder` has. A dead view left unpinned by that
+        lets go of the views it read through to, and so on down."""
+        todo = [holder]
         while todo:
-            v = todo.pop()
-            if tx.view_exists(v) and tx.view(v).kind == "dead" and not tx.pins(v):
-                todo.extend(self._unpin_tree(tx, b"v" + u32(v)))
+            for v in tx.release_holder(todo.pop()):
+                if tx.view_exists(v) and tx.view(v).kind == "dead" and not tx.pins(v):
+                    todo.append(b"v" + u32(v))
 
     def pin(self, dir_ino: int, holder: bytes) -> int:
         """Remember the tree under `dir_ino`'s view as it is now; returns the epoch."""
@@ -827,8 +817,7 @@ class FileSystem:
 
     def unpin(self, dir_ino: int, holder: bytes) -> None:
         with self.store.write() as tx:
-            for vid in self._unpin_tree(tx, holder):
-                self._release_dead(tx, vid)
+            self._release(tx, holder)
 
     def fork(self, src_dir: int, dst_dir: int, dst_name: bytes, epoch: int | None = None,
              uid: int = 0, gid: int = 0) -> Attr:
@@ -937,12 +926,13 @@ class FileSystem:
         v = tx.view(vid)
         if v.kind == "dead":
             return
-        v.kind = "dead"  # (the cached definition: _release_dead sees it)
+        v.kind = "dead"  # (the cached definition: _release sees it)
         # Deletions first: on a full store, this is how space comes back.
         tx.txn.delete(b"C" + u32(v.container) + u32(vid))
         for k, _ in list(tx.txn.scan(b"C" + u32(vid), prefix_end(b"C" + u32(vid)))):
             self._kill_view(tx, codec.read_u32(k, 5))
-        self._release_dead(tx, vid)
+        if not tx.pins(vid):
+            self._release(tx, b"v" + u32(vid))
         tx.save_view(v)
         tx.mark_dirty(vid)
 

@@ -126,10 +126,7 @@ def _pinned_between(pins: list[int], lo: int, hi: int) -> bool:
 def _drop_view(tx: Tx, vid: int) -> None:
     """Remove a dead, unpinned view, and release the pins it held on the views
     it read through to (they are queued for collection in turn)."""
-    holder = b"v" + u32(vid)
-    for k, _ in list(tx.txn.scan(b"P", b"Q")):
-        if k[13:] == holder:
-            tx.unpin(codec.read_u32(k, 1), codec.read_u64(k, 5), holder)
+    tx.release_holder(b"v" + u32(vid))
     for prefix in (codec.rec_prefix(vid), b"S" + u32(vid), b"O" + u32(vid),
                    b"C" + u32(vid), b"m" + u32(vid), b"G" + u32(vid)):
         for k, _ in list(tx.txn.scan(prefix, prefix_end(prefix))):

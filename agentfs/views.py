@@ -202,6 +202,16 @@ class Tx:
         self.store._maxpin.pop(vid, None)
         self.mark_dirty(vid)
 
+    def release_holder(self, holder: bytes) -> set[int]:
+        """Release every pin `holder` has, on any view; returns those views."""
+        released = set()
+        for k, _ in list(self.txn.scan(b"P", b"Q")):
+            if k[13:] == holder:
+                vid = codec.read_u32(k, 1)
+                self.unpin(vid, codec.read_u64(k, 5), holder)
+                released.add(vid)
+        return released
+
     def pins(self, vid: int) -> list[tuple[int, bytes]]:
         p = codec.pin_prefix(vid)
         return [(codec.read_u64(k, 5), k[13:]) for k, _ in self.txn.scan(p, prefix_end(p))]
