@@ -561,16 +561,20 @@ class FileSystem:
         if dd.ino != sd.ino:
             self._touch(tx, dd, now)
 
-    def _check_not_ancestor(self, tx: Tx, ino: int, d: Attr) -> None:
-        """EINVAL if directory `ino` is `d` or one of its ancestors."""
+    def _ancestors(self, tx: Tx, d: Attr) -> Iterator[Attr]:
+        """Directory `d`, its parent, ... up to the root (across forks)."""
         cur = d
         for _ in range(100000):
-            if cur.ino == ino:
-                raise FsError(errno.EINVAL, "cannot move a directory into itself")
+            yield cur
             if cur.ino == ROOT_INO:
                 return
             cur = self._attr(tx, self._parent(cur))
         raise FsError(errno.ELOOP, "directory tree too deep")
+
+    def _check_not_ancestor(self, tx: Tx, ino: int, d: Attr) -> None:
+        """EINVAL if directory `ino` is `d` or one of its ancestors."""
+        if any(a.ino == ino for a in self._ancestors(tx, d)):
+            raise FsError(errno.EINVAL, "cannot move a directory into itself")
 
     # ------------------------------------------------------------ attributes and data
 
@@ -768,27 +772,12 @@ class FileSystem:
     def _mounted_under(self, tx: Tx, view: int, top: int, inner: int) -> bool:
         """Is nested view `inner`'s root entry inside directory `top` of `view`?
         (Unsure answers say yes: pinning too much is only a cost.)"""
-        iv = tx.view(inner)
-        raw = tx.get(inner, attr_suffix(iv.root))
-        if raw is None:
+        want = fuse_ino(view, top)
+        try:
+            root = self._attr(tx, fuse_ino(inner, tx.view(inner).root))
+            return any(a.ino == want for a in self._ancestors(tx, root))
+        except FsError:
             return True
-        a = Attr.decode(raw)
-        if a.parent_view not in (0, view):
-            return True
-        local = a.parent_local
-        for _ in range(4096):
-            if local == top:
-                return True
-            if local == tx.view(view).root:
-                return False
-            raw = tx.get(view, attr_suffix(local))
-            if raw is None:
-                return True
-            d = Attr.decode(raw)
-            if d.parent_view not in (0, view) or d.parent_local == local:
-                return False
-            local = d.parent_local
-        return True
 
     def _pin_nested(self, tx: Tx, view: int, holder: bytes, e: int) -> None:
         for k, _ in list(tx.txn.scan(b"C" + u32(view), prefix_end(b"C" + u32(view)))):
