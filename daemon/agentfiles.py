@@ -140,9 +140,9 @@ class AgentFiles:
             return self.virtual_attr(GUIDE_INO)
         if parent & AGENT_FILE and parent >> 63 and parent & 0xFFFF == OBS_DIR_KIND:
             a, _ = self._decode(parent)
-            for obs, ino in self._obs_entries(a):
+            for obs, attr in self._obs_attrs(a):
                 if obs.id.encode() == name:
-                    return self.virtual_attr(ino)
+                    return attr
             raise FsError(errno.ENOENT, f"no observation {name!r}")
         r = self.role(parent)
         if r is None:
@@ -171,17 +171,25 @@ class AgentFiles:
                         mtime_ns=root.ctime_ns, ctime_ns=root.ctime_ns, ino=ino)
         a, kind = self._decode(ino)
         root = self.agents.attr_of(a, Role.ROOT)
-        size = 0
         if ino & OBS_FILE:
-            mode = stat.S_IFREG | 0o444
-            size = self._observation(a, kind).size
-        elif ino & AGENT_FILE and kind == OBS_DIR_KIND:
-            mode = stat.S_IFDIR | 0o555
-        else:
-            writable = ino & AGENT_FILE and kind in (FILES[b"ctl"], FILES[b"parent"])
-            mode = stat.S_IFREG | (0o666 if writable else 0o444)
+            return self._file_attr(root, ino, stat.S_IFREG | 0o444,
+                                   self._observation(a, kind).size)
+        if ino & AGENT_FILE and kind == OBS_DIR_KIND:
+            return self._file_attr(root, ino, stat.S_IFDIR | 0o555)
+        writable = ino & AGENT_FILE and kind in (FILES[b"ctl"], FILES[b"parent"])
+        return self._file_attr(root, ino, stat.S_IFREG | (0o666 if writable else 0o444))
+
+    @staticmethod
+    def _file_attr(root: Attr, ino: int, mode: int, size: int = 0) -> Attr:
+        """An agent's virtual file: owned like the agent, timed like its directory."""
         return Attr(mode, root.uid, root.gid, nlink=1, size=size, atime_ns=root.mtime_ns,
                     mtime_ns=root.mtime_ns, ctime_ns=root.ctime_ns, ino=ino)
+
+    def _obs_attrs(self, a: Agent) -> list[tuple[Observation, Attr]]:
+        """Every file of observations/ with its attributes, from one listing."""
+        root = self.agents.attr_of(a, Role.ROOT)
+        return [(o, self._file_attr(root, ino, stat.S_IFREG | 0o444, o.size))
+                for o, ino in self._obs_entries(a)]
 
     def observations(self, a: Agent) -> list[Observation]:
         """Bulky tool results in the transcript (read incrementally)."""
@@ -212,7 +220,7 @@ class AgentFiles:
                 if self.agents_dir_exists() else []
         if dir_ino >> 63 and dir_ino & AGENT_FILE and dir_ino & 0xFFFF == OBS_DIR_KIND:
             a, _ = self._decode(dir_ino)
-            return [(o.id.encode(), self.virtual_attr(ino)) for o, ino in self._obs_entries(a)]
+            return [(o.id.encode(), attr) for o, attr in self._obs_attrs(a)]
         r = self.role(dir_ino)
         if r is None or r[1] is not Role.ROOT:
             return []
