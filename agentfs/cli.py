@@ -279,17 +279,13 @@ def gc(store: Path | None, mountpoint: str | None) -> None:
 
 def _lock_unmounted(store: Path) -> int:
     """Hold the store's lock: refuse to work on a store a daemon is serving."""
-    import fcntl
+    from .storelock import StoreBusy, lock_store
 
-    fd = os.open(store / "agentfs.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise click.ClickException(f"store {store} is mounted ({holder}); "
+        return lock_store(store)
+    except StoreBusy as e:
+        raise click.ClickException(f"store {store} is mounted ({e.holder}); "
                                    "use agentfs gc --mount MOUNTPOINT")
-    return fd
 
 
 @main.command()

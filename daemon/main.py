@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from agentfs import storelock
 from agentfs.fs import FileSystem
 from agentfs.gc import collect_steps
 from agentfs.kv import LmdbEngine
@@ -54,13 +54,10 @@ def check_mountpoint(path: str) -> None:
 def lock_store(store: Path, mountpoint: str) -> int:
     """Hold an exclusive lock on the store for the daemon's life."""
     store.mkdir(parents=True, exist_ok=True)
-    fd = os.open(store / "agentfs.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise MountError(f"store {store} is already mounted ({holder})")
+        fd = storelock.lock_store(store)
+    except storelock.StoreBusy as e:
+        raise MountError(f"store {store} is already mounted ({e.holder})")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {os.path.realpath(mountpoint)}\n".encode(), 0)
     return fd
