@@ -44,19 +44,10 @@ from pathlib import Path
 import lmdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import FuseMount, agentfs_cmd, fmt, log  # noqa: E402
+from run import FuseMount, agentfs_cmd, fmt, log, now, pct  # noqa: E402
 
 BENCHES = ("forks", "messages", "transcript", "render")
 ROWS: list[tuple[str, str, str, float | None, float | None, str]] = []
-
-
-def now() -> int:
-    return time.perf_counter_ns()
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def row(group: str, metric: str, unit: str, value: float | None, ref: float | None,

@@ -187,7 +187,7 @@ def ms(ns: float) -> float:
     return ns / 1e6
 
 
-def pct(values: list[int], q: float) -> float:
+def pct(values: list[int] | list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
