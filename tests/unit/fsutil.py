@@ -12,7 +12,7 @@ import pytest
 
 from agentfs.codec import Attr, split_ino, u32, u64
 from agentfs.errors import FsError
-from agentfs.fs import FileSystem
+from agentfs.fs import FileSystem, SetAttr
 from agentfs.kv import Engine, LmdbEngine, MemoryEngine, prefix_end
 
 ENGINES = ["memory", "lmdb"]
@@ -94,6 +94,16 @@ def mkfile(fs: FileSystem, parent: int, name: bytes, data: bytes = b"", mode: in
     if data:
         a = fs.write(a.ino, 0, data)
     return a
+
+
+def put_file(fs: FileSystem, parent: int, name: bytes, data: bytes) -> None:
+    """Write `parent/name` whole, as `echo > name` does: create or truncate."""
+    try:
+        ino = fs.lookup(parent, name).ino
+    except FsError:
+        ino = fs.create(parent, name, stat.S_IFREG | 0o644, 0, 0).ino
+    fs.setattr(ino, SetAttr(size=0))
+    fs.write(ino, 0, data)
 
 
 def mkdir(fs: FileSystem, parent: int, name: bytes, mode: int = 0o755, uid: int = 0,

@@ -7,6 +7,7 @@ import json
 import stat
 
 import pytest
+from fsutil import put_file
 
 from agentfs import codec
 from agentfs.agents import SKELETON, Agents, Role
@@ -23,13 +24,7 @@ def read_all(fs: FileSystem, ino: int) -> bytes:
 
 
 def ws_write(fs: FileSystem, agents: Agents, name: str, fname: bytes, data: bytes) -> None:
-    ws = agents.get(name).ino(Role.WORKSPACE)
-    try:
-        ino = fs.lookup(ws, fname).ino
-    except FsError:
-        ino = fs.create(ws, fname, stat.S_IFREG | 0o644, 0, 0).ino
-    fs.setattr(ino, SetAttr(size=0))
-    fs.write(ino, 0, data)
+    put_file(fs, agents.get(name).ino(Role.WORKSPACE), fname, data)
 
 
 def ws_read(fs: FileSystem, agents: Agents, name: str, fname: bytes) -> bytes:

@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import json
 import random
-import stat
 
 import pytest
+from fsutil import put_file
 
 from agentfs.agents import Agents, Role
 from agentfs.contextfile import Contexts, render_agent_context
 from agentfs.errors import FsError
-from agentfs.fs import FileSystem, SetAttr
-
-
-def put(fs: FileSystem, parent: int, name: bytes, data: bytes) -> None:
-    try:
-        ino = fs.lookup(parent, name).ino
-    except FsError:
-        ino = fs.create(parent, name, stat.S_IFREG | 0o644, 0, 0).ino
-    fs.setattr(ino, SetAttr(size=0))
-    fs.write(ino, 0, data)
+from agentfs.fs import FileSystem
 
 
 def state(fs: FileSystem, ino: int) -> bytes:
@@ -47,18 +38,18 @@ def test_incremental_equals_reference_over_a_session(fs: FileSystem) -> None:
     agents = Agents(fs)
     contexts = Contexts(agents)
     a = agents.spawn(b"a")
-    put(fs, a.root_ino, b"system", b"You are careful.")
-    put(fs, a.root_ino, b"prompt", b"first version")
+    put_file(fs, a.root_ino, b"system", b"You are careful.")
+    put_file(fs, a.root_ino, b"prompt", b"first version")
     assert contexts.render(a) == render_agent_context(agents, a)
-    put(fs, a.root_ino, b"prompt", b"second version")  # before the first turn: allowed
-    put(fs, a.root_ino, b"config", b"budget_tokens 60000\nkeep_recent_turns 4\n")
+    put_file(fs, a.root_ino, b"prompt", b"second version")  # before the first turn: allowed
+    put_file(fs, a.root_ino, b"config", b"budget_tokens 60000\nkeep_recent_turns 4\n")
     assert contexts.render(a) == render_agent_context(agents, a)
     rng = random.Random(7)
     compactions = 0
     for turn in range(1, 41):
         agents.append("a", session_line(rng, turn))
         if turn == 15:
-            put(fs, a.ino(Role.NOTES), b"todo.md", b"- finish")
+            put_file(fs, a.ino(Role.NOTES), b"todo.md", b"- finish")
         a = agents.get("a")
         before = state(fs, a.root_ino)
         got = contexts.render(a)
