@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentfs.codec import Attr, split_ino, u32, u64
+from agentfs.codec import Attr, ViewDef, read_u32, split_ino, u32, u64
 from agentfs.errors import FsError
 from agentfs.fs import FileSystem, SetAttr
 from agentfs.kv import Engine, LmdbEngine, MemoryEngine, prefix_end
@@ -104,6 +104,13 @@ def put_file(fs: FileSystem, parent: int, name: bytes, data: bytes) -> None:
         ino = fs.create(parent, name, stat.S_IFREG | 0o644, 0, 0).ino
     fs.setattr(ino, SetAttr(size=0))
     fs.write(ino, 0, data)
+
+
+def dead_views(fs: FileSystem) -> list[int]:
+    """Views deleted but not yet dropped by gc."""
+    with fs.store.read() as tx:
+        return [vid for k, raw in tx.txn.scan(b"V", b"W")
+                if ViewDef.decode(vid := read_u32(k, 1), raw).kind == "dead"]
 
 
 def mkdir(fs: FileSystem, parent: int, name: bytes, mode: int = 0o755, uid: int = 0,

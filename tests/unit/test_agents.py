@@ -7,7 +7,7 @@ import json
 import stat
 
 import pytest
-from fsutil import put_file
+from fsutil import dead_views, put_file
 
 from agentfs import codec
 from agentfs.agents import SKELETON, Agents, Role
@@ -265,10 +265,7 @@ def test_removing_an_agent_frees_its_turns(fs: FileSystem, agents: Agents) -> No
     assert ws_read(fs, agents, "keep", b"f") == b"version 8"  # written after turn 9
     agents.remove("keep")
     collect(fs.store)
-    with fs.store.read() as tx:
-        kinds = [codec.ViewDef.decode(codec.read_u32(k, 1), v).kind
-                 for k, v in tx.txn.scan(b"V", b"W")]
-    assert "dead" not in kinds, kinds
+    assert dead_views(fs) == []
 
 
 def test_turn_snapshots_include_forks_nested_in_the_workspace(fs: FileSystem,
@@ -294,7 +291,4 @@ def test_turn_snapshots_include_forks_nested_in_the_workspace(fs: FileSystem,
     fs.delete_snapshot(owner.root_ino, b"turn-3")
     agents.remove("a")
     collect(fs.store)
-    with fs.store.read() as tx:
-        kinds = [codec.ViewDef.decode(codec.read_u32(k, 1), v).kind
-                 for k, v in tx.txn.scan(b"V", b"W")]
-    assert "dead" not in kinds, kinds
+    assert dead_views(fs) == []
