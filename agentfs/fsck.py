@@ -27,8 +27,10 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 
-from . import codec, logdata
-from .codec import (
+from agentfs.posix import logdata
+from agentfs.posix.fs import BLOCK_SIZE
+from agentfs.storage import codec
+from agentfs.storage.codec import (
     KIND_ATTR,
     ROOT_VIEW,
     Attr,
@@ -40,9 +42,8 @@ from .codec import (
     dentry_dir_suffix,
     u32,
 )
-from .fs import BLOCK_SIZE
-from .kv import Engine, prefix_end
-from .views import Store, Tx
+from agentfs.storage.kv import Engine, prefix_end
+from agentfs.storage.views import Store, Tx
 
 
 @dataclass

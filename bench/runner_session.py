@@ -72,7 +72,7 @@ from agentfs.client.fake_messages_api import (
 )
 from agentfs.client.runner import PRICES, Usage, price
 
-from agentfs.render import Policy, is_extension
+from agentfs.agents.render import Policy, is_extension
 
 MODEL = "claude-sonnet-4-6"
 TURNS = 50

@@ -1,6 +1,6 @@
 """The agent layer's files, as the kernel sees them.
 
-Routes requests on `agents/NAME/...` to `agentfs.agents`: spawning on mkdir,
+Routes requests on `agents/NAME/...` to `agentfs.agents.model`: spawning on mkdir,
 append-only transcripts, frozen prompts, atomic inbox delivery, blocking
 `inbox/.wait`, and the virtual files every agent has (`ctl`, `errstr`,
 `status`, `parent`, `children`, `context.json`). Everything here is
@@ -18,13 +18,13 @@ from importlib import resources
 
 import trio
 
-from agentfs import agents as ag
-from agentfs.agents import AGENTS_DIR, Agent, Agents, Role
-from agentfs.codec import Attr, split_ino
-from agentfs.contextfile import Contexts
+from agentfs.agents import model as ag
+from agentfs.agents.context import Contexts
+from agentfs.agents.model import AGENTS_DIR, Agent, Agents, Role
+from agentfs.agents.render import Observation
 from agentfs.errors import FsError
-from agentfs.fs import ROOT_INO, FileSystem
-from agentfs.render import Observation
+from agentfs.posix.fs import ROOT_INO, FileSystem
+from agentfs.storage.codec import Attr, split_ino
 
 from .errstr import ErrorLog
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from agentfs import storelock
-from agentfs.fs import FileSystem
-from agentfs.gc import collect_steps
-from agentfs.kv import LmdbEngine
+from agentfs.posix.fs import FileSystem
+from agentfs.storage import lock as storelock
+from agentfs.storage.gc import collect_steps
+from agentfs.storage.kv import LmdbEngine
 
 from .operations import Operations, invalidate_kernel_cache
 

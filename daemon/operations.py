@@ -1,7 +1,7 @@
 """pyfuse3 Operations: translate requests to the model, count lookups, map errors.
 
 Kept thin on purpose: every decision about the filesystem lives in
-`agentfs.fs`. This module only knows about the kernel: entry/attr timeouts,
+`agentfs.posix.fs`. This module only knows about the kernel: entry/attr timeouts,
 lookup counts, file handles, and the few virtual inodes that have no record
 in the store (`DIR/.snapshots/`, `/.agentfs/` and its control files).
 """
@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
-from agentfs.agents import Agent
-from agentfs.codec import Attr, split_ino
-from agentfs.control import run_command
+from agentfs.agents.control import run_command
+from agentfs.agents.model import Agent
+from agentfs.agents.render import MAX_LINE
 from agentfs.errors import FsError
-from agentfs.fs import CTLDIR, ROOT_INO, SNAPDIR, FileSystem, SetAttr
-from agentfs.kv import NoSpace
-from agentfs.render import MAX_LINE
+from agentfs.posix.fs import CTLDIR, ROOT_INO, SNAPDIR, FileSystem, SetAttr
+from agentfs.storage.codec import Attr, split_ino
+from agentfs.storage.kv import NoSpace
 
 from .agentfiles import AgentFiles
 from .errstr import ErrorLog

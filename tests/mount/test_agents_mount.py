@@ -570,10 +570,10 @@ for name in sys.argv[2:]:
 
 STORED_INBOX_CODE = r"""
 import json, sys
-from agentfs import codec
-from agentfs.agents import Agent, Role
-from agentfs.kv import LmdbEngine
-from agentfs.views import Store
+from agentfs.storage import codec
+from agentfs.agents.model import Agent, Role
+from agentfs.storage.kv import LmdbEngine
+from agentfs.storage.views import Store
 engine = LmdbEngine(sys.argv[1])
 with Store(engine).read() as tx:
     a = Agent.decode(sys.argv[2], tx.txn.get(b"A" + sys.argv[2].encode()))
@@ -972,7 +972,7 @@ def test_huge_lines_are_refused_without_buffering_forever(mnt: Path, started: Pa
     dropped; the file works normally afterwards. A big valid line (10 MB,
     written in kernel-sized pieces) goes in whole and quickly."""
     a = started
-    from agentfs.render import MAX_LINE
+    from agentfs.agents.render import MAX_LINE
 
     def huge_line() -> None:
         fd = os.open(a / "transcript", os.O_WRONLY | os.O_APPEND)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agentfs.render import Policy, estimate_tokens, is_extension
+from agentfs.agents.render import Policy, estimate_tokens, is_extension
 
 pytestmark = pytest.mark.agentfs_only
 

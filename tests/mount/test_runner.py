@@ -41,7 +41,7 @@ from agentfs.client.fake_messages_api import (
 from agentfs.client.runner import DEFAULT_SYSTEM, Usage, price, run_agent
 from agentfs.client.tools import TOOL_DEFINITIONS
 
-from agentfs.render import CompactionState, Policy, canonical, is_extension, render
+from agentfs.agents.render import CompactionState, Policy, canonical, is_extension, render
 
 pytestmark = pytest.mark.agentfs_only
 

@@ -24,9 +24,9 @@ import pytest
 import trio
 from agentfs.daemon.operations import CTL_INO, CTLDIR_INO, ERRSTR_INO, VIRTUAL, Operations
 
-from agentfs.fs import ROOT_INO, FileSystem
 from agentfs.fsck import check_store
-from agentfs.kv import MemoryEngine, NoSpace
+from agentfs.posix.fs import ROOT_INO, FileSystem
+from agentfs.storage.kv import MemoryEngine, NoSpace
 
 PID = 3_999_001  # beyond any real pid: errstr finds no ancestors in /proc
 OTHER_PID = 3_999_002
@@ -695,7 +695,7 @@ def test_root_snapshots(ops: Operations, readdir_recorder: None) -> None:
 def test_open_file_in_detached_fork(ops: Operations, fs: FileSystem) -> None:
     """A process may hold a file open in a fork that is detached and collected:
     its requests fail cleanly (ESTALE), never with EIO."""
-    from agentfs.gc import collect
+    from agentfs.storage.gc import collect
 
     a = mkdir(ops, ROOT_INO, b"a")
     create(ops, a, b"f", b"data")

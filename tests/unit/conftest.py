@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from fsutil import ENGINES, Clock, EngineFactory
 
-from agentfs.fs import FileSystem
 from agentfs.fsck import check_store
-from agentfs.kv import Engine
+from agentfs.posix.fs import FileSystem
+from agentfs.storage.kv import Engine
 
 
 @pytest.fixture(params=ENGINES)

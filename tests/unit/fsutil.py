@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agentfs.codec import Attr, ViewDef, read_u32, split_ino, u32, u64
 from agentfs.errors import FsError
-from agentfs.fs import FileSystem, SetAttr
-from agentfs.kv import Engine, LmdbEngine, MemoryEngine, prefix_end
+from agentfs.posix.fs import FileSystem, SetAttr
+from agentfs.storage.codec import Attr, ViewDef, read_u32, split_ino, u32, u64
+from agentfs.storage.kv import Engine, LmdbEngine, MemoryEngine, prefix_end
 
 ENGINES = ["memory", "lmdb"]
 

@@ -9,10 +9,10 @@ import stat
 import pytest
 from fsutil import dead_views, put_file
 
-from agentfs import codec
-from agentfs.agents import SKELETON, Agents, Role
+from agentfs.agents.model import SKELETON, Agents, Role
 from agentfs.errors import FsError
-from agentfs.fs import ROOT_INO, FileSystem, SetAttr
+from agentfs.posix.fs import ROOT_INO, FileSystem, SetAttr
+from agentfs.storage import codec
 
 
 def line(role: str, text: str) -> bytes:
@@ -249,7 +249,7 @@ def test_removing_an_agent_frees_its_turns(fs: FileSystem, agents: Agents) -> No
     """Each turn pins the agent; once it is removed nothing can fork at those
     turns, so gc must be able to drop the whole view (its forks keep what
     they share by their own pins)."""
-    from agentfs.gc import collect
+    from agentfs.storage.gc import collect
 
     agents.spawn(b"a")
     for i in range(30):
@@ -270,7 +270,7 @@ def test_removing_an_agent_frees_its_turns(fs: FileSystem, agents: Agents) -> No
 
 def test_turn_snapshots_include_forks_nested_in_the_workspace(fs: FileSystem,
                                                               agents: Agents) -> None:
-    from agentfs.gc import collect
+    from agentfs.storage.gc import collect
 
     a = agents.spawn(b"a")
     ws = a.ino(Role.WORKSPACE)

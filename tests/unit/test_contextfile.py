@@ -9,10 +9,10 @@ import random
 import pytest
 from fsutil import put_file
 
-from agentfs.agents import Agents, Role
-from agentfs.contextfile import Contexts, render_agent_context
+from agentfs.agents.context import Contexts, render_agent_context
+from agentfs.agents.model import Agents, Role
 from agentfs.errors import FsError
-from agentfs.fs import FileSystem
+from agentfs.posix.fs import FileSystem
 
 
 def state(fs: FileSystem, ino: int) -> bytes:

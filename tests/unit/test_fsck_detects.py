@@ -14,12 +14,12 @@ from collections.abc import Callable
 import pytest
 from fsutil import Clock, EngineFactory, mkdir, mkfile
 
-from agentfs import codec
-from agentfs.agents import Agents, Role
-from agentfs.codec import Attr, split_ino
-from agentfs.fs import ROOT_INO, FileSystem
+from agentfs.agents.model import Agents, Role
 from agentfs.fsck import check_store
-from agentfs.kv import Engine
+from agentfs.posix.fs import ROOT_INO, FileSystem
+from agentfs.storage import codec
+from agentfs.storage.codec import Attr, split_ino
+from agentfs.storage.kv import Engine
 
 
 def newest(engine: Engine, view: int, suffix: bytes) -> tuple[bytes, bytes]:

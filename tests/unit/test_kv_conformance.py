@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from fsutil import EngineFactory
 
-from agentfs.kv import Engine, LmdbEngine, MemoryEngine, NoSpace, prefix_end
+from agentfs.storage.kv import Engine, LmdbEngine, MemoryEngine, NoSpace, prefix_end
 
 
 def put_all(engine: Engine, pairs: dict[bytes, bytes]) -> None:
@@ -309,7 +309,7 @@ def test_first_last_see_own_writes(engine: Engine) -> None:
 def test_version_seek_pattern(engine: Engine) -> None:
     """The seek views.py does: base + inverted epoch lands on the newest version
     at or before a limit."""
-    from agentfs.codec import inv
+    from agentfs.storage.codec import inv
 
     base = b"Rrec"
     put_all(engine, {base + inv(e): b"%d" % e for e in (3, 7, 12)})

@@ -1,7 +1,14 @@
 """The repository layout and the direction of dependencies.
 
-    agentfs/   the core: storage, views, the POSIX model. No FUSE, no trio, no
-               Anthropic API at import time, and nothing from daemon/ or client/.
+    agentfs/   the core, in layers, each importing only the ones below it:
+                 errors            the one error type
+                 storage/          KV seam, engines, key schema, views, gc, lock
+                 posix/            the POSIX model over views
+                 agents/           agents, control commands, context rendering
+                 fsck              checks every layer's records
+                 cli/              the `agentfs` command: the top floor, the only
+                                   part that may import daemon/ and client/ (lazily)
+               No FUSE, no trio, no Anthropic API at import time.
     daemon/    installed as agentfs.daemon: the pyfuse3 front of the core.
     client/    installed as agentfs.client: what agents use; never the daemon.
 
@@ -89,6 +96,50 @@ def test_every_package_has_sources() -> None:
     assert (REPO / "daemon" / "main.py").exists()
 
 
+CORE_LAYERS = ["agentfs.errors", "agentfs.storage", "agentfs.posix", "agentfs.agents",
+               "agentfs.fsck", "agentfs.cli"]
+
+
+def layer_of(module: str) -> int | None:
+    for i, prefix in enumerate(CORE_LAYERS):
+        if module == prefix or module.startswith(prefix + "."):
+            return i
+    return None
+
+
+def test_every_core_module_is_in_a_layer() -> None:
+    loose = [m for m in (module_name("agentfs", p) for p in sources("agentfs"))
+             if m != "agentfs" and layer_of(m) is None]
+    assert loose == [], f"core modules outside the layers {CORE_LAYERS}: {loose}"
+
+
+def test_core_layers_import_only_downwards() -> None:
+    """storage <- posix <- agents <- fsck <- cli, lazy imports included."""
+    found = []
+    for path in sources("agentfs"):
+        mine = layer_of(module_name("agentfs", path))
+        if mine is None:
+            continue
+        for line, name in imports(path, "agentfs", top_level_only=False):
+            theirs = layer_of(name)
+            if theirs is not None and theirs > mine:
+                found.append(f"{path.relative_to(REPO)}:{line} imports {name} "
+                             f"(layer {CORE_LAYERS[theirs]} is above {CORE_LAYERS[mine]})")
+    assert found == []
+
+
+def test_only_the_cli_reaches_the_daemon_and_the_client() -> None:
+    banned = {"agentfs.daemon", "agentfs.client", "pyfuse3", "trio", "anthropic"}
+    found = []
+    for path in sources("agentfs"):
+        if layer_of(module_name("agentfs", path)) == CORE_LAYERS.index("agentfs.cli"):
+            continue
+        found += [f"{path.relative_to(REPO)}:{line} imports {name}"
+                  for line, name in imports(path, "agentfs", top_level_only=False)
+                  if any(name == b or name.startswith(b + ".") for b in banned)]
+    assert found == []
+
+
 def test_core_imports_no_frontend_at_import_time() -> None:
     banned = {"pyfuse3", "trio", "anthropic", "agentfs.daemon", "agentfs.client"}
     assert offenders("agentfs", banned, top_level_only=True) == []
@@ -113,7 +164,7 @@ def test_no_import_uses_the_repository_layout() -> None:
 
 def test_importing_the_core_loads_no_frontend() -> None:
     """The same at run time: import every core module, then look at sys.modules."""
-    modules = [module_name("agentfs", p) for p in sources("agentfs")]
+    modules = [module_name("agentfs", p) for p in sources("agentfs") if p.name != "__main__.py"]
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}:\n"
@@ -153,7 +204,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_installs_daemon_and_client_inside_agentfs(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("agentfs/__init__.py", "agentfs/cli.py", "agentfs/daemon/__init__.py",
+    for required in ("agentfs/__init__.py", "agentfs/cli/main.py", "agentfs/daemon/__init__.py",
                      "agentfs/daemon/main.py", "agentfs/daemon/operations.py",
                      "agentfs/client/__init__.py"):
         assert required in names, f"{required} missing from {wheel.name}: {sorted(names)}"
@@ -170,7 +221,7 @@ def test_wheel_metadata(wheel: Path) -> None:
     z = zipfile.ZipFile(wheel)
     info = wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"
     entry_points = z.read(f"{info}/entry_points.txt").decode()
-    assert "agentfs = agentfs.cli:main" in entry_points
+    assert "agentfs = agentfs.cli.main:main" in entry_points
     metadata = z.read(f"{info}/METADATA").decode()
     for dep in ("pyfuse3", "trio", "lmdb", "msgpack", "click", "anthropic"):
         assert f"Requires-Dist: {dep}" in metadata, dep
@@ -184,8 +235,8 @@ def test_wheel_contents_import(wheel: Path, tmp_path: Path) -> None:
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(site)!r})\n"
-        "import agentfs.cli, agentfs.daemon.main, agentfs.daemon.operations, agentfs.client\n"
-        "for m in (agentfs.cli, agentfs.daemon.main, agentfs.client):\n"
+        "import agentfs.cli.main, agentfs.daemon.main, agentfs.daemon.operations, agentfs.client\n"
+        "for m in (agentfs.cli.main, agentfs.daemon.main, agentfs.client):\n"
         f"    assert m.__file__.startswith({str(site)!r}), m.__file__\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

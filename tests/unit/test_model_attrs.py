@@ -8,7 +8,7 @@ import stat
 import pytest
 from fsutil import inode_records, mkdir, mkfile, raises, symlink
 
-from agentfs.fs import (
+from agentfs.posix.fs import (
     ROOT_INO,
     XATTR_CREATE,
     XATTR_NAME_MAX,

@@ -9,7 +9,7 @@ import random
 import pytest
 from fsutil import cat, inode_records, mkdir, mkfile, raises, symlink
 
-from agentfs.fs import BLOCK_SIZE, MAX_FILE_SIZE, ROOT_INO, FileSystem, SetAttr
+from agentfs.posix.fs import BLOCK_SIZE, MAX_FILE_SIZE, ROOT_INO, FileSystem, SetAttr
 
 BS = BLOCK_SIZE
 

@@ -9,10 +9,10 @@ import stat
 import pytest
 from fsutil import build, cat, dead_views, mkdir, mkfile, names, raises, symlink, tree
 
-from agentfs.codec import split_ino
 from agentfs.errors import FsError
-from agentfs.fs import RENAME_EXCHANGE, ROOT_INO, XATTR_CREATE, FileSystem, SetAttr
-from agentfs.gc import collect
+from agentfs.posix.fs import RENAME_EXCHANGE, ROOT_INO, XATTR_CREATE, FileSystem, SetAttr
+from agentfs.storage.codec import split_ino
+from agentfs.storage.gc import collect
 
 SPEC: dict[str, object] = {
     "f": b"file data",

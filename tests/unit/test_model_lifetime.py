@@ -7,7 +7,7 @@ import errno
 
 from fsutil import cat, count_keys, inode_records, mkdir, mkfile, names, raises
 
-from agentfs.fs import BLOCK_SIZE, ROOT_INO, FileSystem, SetAttr
+from agentfs.posix.fs import BLOCK_SIZE, ROOT_INO, FileSystem, SetAttr
 
 
 def test_unlinked_while_open(fs: FileSystem) -> None:

@@ -9,7 +9,7 @@ import stat
 import pytest
 from fsutil import cat, mkdir, mkfile, names, raises, symlink
 
-from agentfs.fs import NAME_MAX, ROOT_INO, FileSystem
+from agentfs.posix.fs import NAME_MAX, ROOT_INO, FileSystem
 
 # ----------------------------------------------------------------- root
 

@@ -11,11 +11,11 @@ from collections.abc import Callable
 import pytest
 from fsutil import EngineFactory, cat, count_keys, mkdir, mkfile, names, tree
 
-from agentfs.codec import split_ino
-from agentfs.fs import ROOT_INO, FileSystem, SetAttr
 from agentfs.fsck import check_store
-from agentfs.gc import collect
-from agentfs.kv import Engine, MemoryEngine, NoSpace
+from agentfs.posix.fs import ROOT_INO, FileSystem, SetAttr
+from agentfs.storage.codec import split_ino
+from agentfs.storage.gc import collect
+from agentfs.storage.kv import Engine, MemoryEngine, NoSpace
 
 
 def small_engine(engines: EngineFactory) -> Engine:

@@ -18,8 +18,8 @@ import pytest
 from fsutil import tree
 
 from agentfs.errors import FsError
-from agentfs.fs import BLOCK_SIZE, ROOT_INO, FileSystem, SetAttr
-from agentfs.gc import collect
+from agentfs.posix.fs import BLOCK_SIZE, ROOT_INO, FileSystem, SetAttr
+from agentfs.storage.gc import collect
 
 NAMES = [b"a", b"b", b"c", b"d", b"e"]
 _views = itertools.count(100)

@@ -9,8 +9,8 @@ import stat
 
 from fsutil import mkdir, mkfile, names, raises, symlink
 
-from agentfs.codec import name_hash
-from agentfs.fs import ROOT_INO, FileSystem
+from agentfs.posix.fs import ROOT_INO, FileSystem
+from agentfs.storage.codec import name_hash
 
 
 def batch(fs: FileSystem, d: int, start: int, n: int) -> list[tuple[bytes, int]]:

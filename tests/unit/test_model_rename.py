@@ -7,7 +7,7 @@ import errno
 import pytest
 from fsutil import cat, mkdir, mkfile, names, raises, symlink, tree
 
-from agentfs.fs import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, FileSystem
+from agentfs.posix.fs import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, FileSystem
 
 
 def test_flag_values() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agentfs.render import (
+from agentfs.agents.render import (
     DEFAULT_PROMPT,
     DEFAULT_SYSTEM,
     MAX_LINE,

@@ -22,10 +22,10 @@ from fsutil import (
     tree,
 )
 
-from agentfs.codec import split_ino
-from agentfs.fs import BLOCK_SIZE, ROOT_INO, FileSystem, SetAttr
-from agentfs.gc import collect
-from agentfs.kv import Engine
+from agentfs.posix.fs import BLOCK_SIZE, ROOT_INO, FileSystem, SetAttr
+from agentfs.storage.codec import split_ino
+from agentfs.storage.gc import collect
+from agentfs.storage.kv import Engine
 
 SPEC: dict[str, object] = {
     "a.txt": b"alpha",

@@ -262,9 +262,9 @@ def gc(store: Path | None, mountpoint: str | None) -> None:
     if mountpoint:
         click.echo(control(find_mount(mountpoint), "gc"))
         return
-    from agentfs.fs import FileSystem
-    from agentfs.gc import collect
-    from agentfs.kv import LmdbEngine
+    from agentfs.posix.fs import FileSystem
+    from agentfs.storage.gc import collect
+    from agentfs.storage.kv import LmdbEngine
 
     path = (store or default_store()) / "lmdb"
     if not path.exists():
@@ -279,7 +279,7 @@ def gc(store: Path | None, mountpoint: str | None) -> None:
 
 def _lock_unmounted(store: Path) -> int:
     """Hold the store's lock: refuse to work on a store a daemon is serving."""
-    from .storelock import StoreBusy, lock_store
+    from agentfs.storage.lock import StoreBusy, lock_store
 
     try:
         return lock_store(store)
@@ -293,7 +293,7 @@ def _lock_unmounted(store: Path) -> int:
 def fsck(store: Path | None) -> None:
     """Check every invariant of the store; exit 0 only when clean."""
     from agentfs.fsck import check_store
-    from agentfs.kv import LmdbEngine
+    from agentfs.storage.kv import LmdbEngine
 
     path = (store or default_store()) / "lmdb"
     if not path.exists():

@@ -27,12 +27,12 @@ import stat
 import time
 from dataclasses import dataclass
 
-from . import codec
-from .codec import Attr, attr_suffix, fuse_ino, split_ino, u32
-from .errors import FsError
-from .fs import ROOT_INO, FileSystem
-from .kv import prefix_end
-from .views import Tx
+from agentfs.errors import FsError
+from agentfs.posix.fs import ROOT_INO, FileSystem
+from agentfs.storage import codec
+from agentfs.storage.codec import Attr, attr_suffix, fuse_ino, split_ino, u32
+from agentfs.storage.kv import prefix_end
+from agentfs.storage.views import Tx
 
 AGENTS_DIR = b"agents"
 NAME_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -226,7 +226,7 @@ class Agents:
     def append(self, name: str, line: bytes) -> int:
         """Append one validated message line to the transcript; returns its turn
         number. The agent's whole tree is remembered as it is after the turn."""
-        from .render import validate_line  # the validator lives with the renderer
+        from agentfs.agents.render import validate_line  # the validator lives with the renderer
 
         if line.endswith(b"\n"):
             line = line[:-1]
@@ -365,7 +365,7 @@ def _inbox_seq(fs: FileSystem, tx: Tx, a: Agent) -> int:
 def stage_message(agents: Agents, a: Agent, name: bytes, nonce: int, uid: int,
                   gid: int) -> Attr:
     """A message being written: a hidden file in the inbox until its writer closes it."""
-    from .fs import check_name
+    from agentfs.posix.fs import check_name
 
     check_name(name)
     if name.startswith(STAGED_PREFIX):

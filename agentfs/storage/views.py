@@ -20,10 +20,10 @@ import heapq
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import codec
-from .codec import EPOCH_MAX, TOMBSTONE, ViewDef, birth_of, inv, u32
-from .errors import FsError
-from .kv import Engine, Txn, prefix_end
+from agentfs.errors import FsError
+from agentfs.storage import codec
+from agentfs.storage.codec import EPOCH_MAX, TOMBSTONE, ViewDef, birth_of, inv, u32
+from agentfs.storage.kv import Engine, Txn, prefix_end
 
 INO_BATCH = 1024  # local inode numbers reserved per persisted counter update
 

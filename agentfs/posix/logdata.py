@@ -22,9 +22,18 @@ from __future__ import annotations
 import errno
 import zlib
 
-from .codec import Attr, log_dir_suffix, log_suffix, read_u32, read_u64, split_ino, u32, u64
-from .errors import FsError
-from .views import Tx
+from agentfs.errors import FsError
+from agentfs.storage.codec import (
+    Attr,
+    log_dir_suffix,
+    log_suffix,
+    read_u32,
+    read_u64,
+    split_ino,
+    u32,
+    u64,
+)
+from agentfs.storage.views import Tx
 
 RAW = 0
 ZLIB = 1

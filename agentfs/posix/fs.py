@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from . import codec, logdata
-from .codec import (
+from agentfs.errors import FsError
+from agentfs.posix import logdata
+from agentfs.storage import codec
+from agentfs.storage.codec import (
     ROOT_LOCAL,
     ROOT_VIEW,
     Attr,
@@ -33,9 +35,8 @@ from .codec import (
     xattr_dir_suffix,
     xattr_suffix,
 )
-from .errors import FsError
-from .kv import Engine, prefix_end
-from .views import Store, Tx
+from agentfs.storage.kv import Engine, prefix_end
+from agentfs.storage.views import Store, Tx
 
 BLOCK_SIZE = 128 * 1024
 NAME_MAX = 255

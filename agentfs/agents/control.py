@@ -19,8 +19,8 @@ import posixpath
 import shlex
 from dataclasses import dataclass, field
 
-from .errors import FsError
-from .fs import FileSystem
+from agentfs.errors import FsError
+from agentfs.posix.fs import FileSystem
 
 USAGE = {
     "fork": "fork SRC DST [EPOCH]",
@@ -97,7 +97,7 @@ def run_command(fs: FileSystem, line: str) -> Result:
         fs.detach(pino, name)
         return Result(f"detached {args[0]}", [(pino, name, child)])
     if cmd == "gc":
-        from .gc import collect
+        from agentfs.storage.gc import collect
 
         stats = collect(fs.store)
         return Result("gc " + " ".join(f"{k}={v}" for k, v in stats.items()))

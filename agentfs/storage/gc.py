@@ -16,10 +16,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from . import codec
-from .codec import EPOCH_MAX, KIND_ATTR, TOMBSTONE, birth_of, u32
-from .kv import prefix_end
-from .views import Store, Tx
+from agentfs.storage import codec
+from agentfs.storage.codec import EPOCH_MAX, KIND_ATTR, TOMBSTONE, birth_of, u32
+from agentfs.storage.kv import prefix_end
+from agentfs.storage.views import Store, Tx
 
 BATCH = 2000  # records examined per transaction
 MAX_PASSES = 64

@@ -21,9 +21,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .agents import Agent, Agents, Role
-from .errors import FsError
-from .render import CompactionState, Observation, Policy, Renderer, extract_observations, render
+from agentfs.agents.model import Agent, Agents, Role
+from agentfs.agents.render import (
+    CompactionState,
+    Observation,
+    Policy,
+    Renderer,
+    extract_observations,
+    render,
+)
+from agentfs.errors import FsError
 
 STATE_XATTR = b"trusted.agentfs.compaction"
 OBSERVATION_BASE = "."  # stubs say ./observations/ID: the same in every fork

@@ -1,0 +1,5 @@
+"""`python -m agentfs.cli`."""
+
+from agentfs.cli.main import main
+
+main()
