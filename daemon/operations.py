@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
-from agentfs.agents.control import run_command
+from agentfs.agents.control import Result, run_command
 from agentfs.agents.model import Agent
 from agentfs.agents.render import MAX_LINE
 from agentfs.errors import FsError
@@ -331,6 +331,7 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         if self._in_snapdir(parent_inode) is not None:
             raise FsError(errno.EISDIR, "snapshots are removed with rmdir")
+        self.agentfiles.check_removal(parent_inode, name, ctx.pid)
         self.agentfiles.check(self.fs.lookup(parent_inode, name).ino, "unlink", ctx.pid)
         self.fs.unlink(parent_inode, name)
 
@@ -338,10 +339,20 @@ class Operations(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         snap_of = self._in_snapdir(parent_inode)
         if snap_of is not None:
+            if self.agentfiles.turn_of(snap_of, name) is not None:
+                raise self.agentfiles.refuse(ctx.pid, errno.EPERM, f"{name.decode()}: an "
+                                             "agent's turn snapshots are its history, which "
+                                             "is append-only: they cannot be removed")
             self.fs.delete_snapshot(snap_of, name)
             self.gc_wanted = True
             return
-        self.agentfiles.check(self.fs.lookup(parent_inode, name).ino, "unlink", ctx.pid)
+        self.agentfiles.check_removal(parent_inode, name, ctx.pid)
+        child = self.fs.lookup(parent_inode, name).ino
+        removed = self.agentfiles.remove_agent_dir(parent_inode, child, ctx.pid)
+        if removed is not None:
+            self._done(removed)
+            return
+        self.agentfiles.check(child, "unlink", ctx.pid)
         self.fs.rmdir(parent_inode, name)
 
     @fuse_errors
@@ -434,7 +445,7 @@ class Operations(pyfuse3.Operations):
             return len(buf)
         if AgentFiles.owns(h.ino):
             for line in self._lines(h, buf, "control file"):
-                self.agentfiles.control(h.ino, line, h.pid)
+                self._done(self.agentfiles.control(h.ino, line, h.pid))
             return len(buf)
         if h.ino & VIRTUAL:
             raise FsError(errno.EBADF)
@@ -459,14 +470,18 @@ class Operations(pyfuse3.Operations):
     def _control(self, h: Handle, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
         try:
-            result = run_command(self.fs, text)
+            result = run_command(self.agentfiles.agents, text)
         except FsError as e:
             self.errors.record(h.pid, f"{text}: {e.message}")
             raise
+        self._done(result)
+
+    def _done(self, result: Result) -> None:
+        """After a control command: its status line, kernel caches, gc."""
         self.last_result = result.message
         for parent, name, removed in result.changed:
             self.invalidate(parent, name, removed)
-        if result.message.startswith(("deleted", "detached")):
+        if result.gc_wanted:
             self.gc_wanted = True
 
     last_result = ""
@@ -496,7 +511,7 @@ class Operations(pyfuse3.Operations):
                                f"line refused (no newline): {rest[:80]!r}")
             raise FsError(errno.EINVAL, "incomplete transcript line")
         elif h is not None and AgentFiles.owns(h.ino) and h.lines:
-            self.agentfiles.control(h.ino, h.lines.take(), h.pid)
+            self._done(self.agentfiles.control(h.ino, h.lines.take(), h.pid))
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
@@ -553,13 +568,21 @@ class Operations(pyfuse3.Operations):
                     return
             return
         if ino in self.snapdirs:
-            snaps = self.fs.snapshots(self.snapdirs[ino])
-            for i, (name, a) in enumerate(snaps):
+            d = self.snapdirs[ino]
+            turns = self.agentfiles.turn_snapshots(d)
+            named = [(n, a) for n, a in self.fs.snapshots(d)
+                     if self.agentfiles.turn_of(d, n) is None]
+            # An agent's turn snapshots first (made on first listing, as on lookup).
+            entries: list[tuple[bytes, Attr | None]] = [(n, None) for n in turns]
+            entries += named
+            for i, (name, maybe) in enumerate(entries):
                 if i + 1 <= start_id:
                     continue
-                if not pyfuse3.readdir_reply(token, name, self._entry(a), i + 1):
+                snap = maybe or self.agentfiles.turn_snapshot(d, name)
+                assert snap is not None
+                if not pyfuse3.readdir_reply(token, name, self._entry(snap), i + 1):
                     return
-                self.lookups[a.ino] = self.lookups.get(a.ino, 0) + 1
+                self.lookups[snap.ino] = self.lookups.get(snap.ino, 0) + 1
             return
         if start_id < 2:
             # '.' and '..' (offsets 1, 2): the kernel takes no lookup reference for them.

@@ -1,14 +1,25 @@
-"""Control commands: what `MOUNT/.agentfs/ctl` accepts, one per line.
+"""Control commands, one per line: the mount's `.agentfs/ctl` and each agent's `ctl`.
+
+Mount level (`MOUNT/.agentfs/ctl`):
 
     fork SRC DST [EPOCH]        DST becomes a copy-on-write fork of directory SRC
+    fork SRC DST at TURN        (SRC an agent: DST = agents/NEW, as after turn TURN)
     snapshot DIR NAME [EPOCH]   read-only snapshot, reachable as DIR/.snapshots/NAME
     unsnapshot DIR NAME         delete it
     detach DIR                  remove fork root DIR and all it holds, at once
     gc                          reclaim versions no view can see
     sync                        make everything committed durable
 
-Paths are relative to the mount root (a leading '/' is ignored). Failures raise
-`FsError` with the errno the write gets and a readable reason for `errstr`.
+Agent level (`agents/NAME/ctl`):
+
+    fork NEW | fork NEW at TURN | snapshot NAME | status STATE | remove
+
+One semantics, two doors: when SRC or DIR is an agent's directory, the mount
+level does exactly what the agent's ctl does (a full agent fork, removal of
+the agent), or refuses with a reason that names the right command. Paths are
+relative to the mount root (a leading '/' is ignored). Every command is one
+transaction: a failed command changes nothing. Failures raise `FsError` with
+the errno the write gets and a readable reason for `errstr`.
 """
 
 from __future__ import annotations
@@ -19,17 +30,31 @@ import posixpath
 import shlex
 from dataclasses import dataclass, field
 
+from agentfs.agents.model import STATUSES, Agent, Agents
 from agentfs.errors import FsError
-from agentfs.posix.fs import FileSystem
 
 USAGE = {
-    "fork": "fork SRC DST [EPOCH]",
+    "fork": "fork SRC DST [EPOCH | at TURN]",
     "snapshot": "snapshot DIR NAME [EPOCH]",
     "unsnapshot": "unsnapshot DIR NAME",
     "detach": "detach DIR",
     "gc": "gc",
     "sync": "sync",
 }
+AGENT_USAGE = ("commands: fork NEW | fork NEW at TURN | snapshot NAME | "
+               f"status {'|'.join(STATUSES)} | remove")
+TURN_SNAPSHOT_PREFIX = "turn-"
+
+
+@dataclass
+class Result:
+    """What a command did: a line for the status file, the directory entries it
+    changed behind the kernel's back (parent, name, removed inode or 0) so the
+    daemon can invalidate the kernel's caches, and whether gc has work."""
+
+    message: str
+    changed: list[tuple[int, bytes, int]] = field(default_factory=list)
+    gc_wanted: bool = False
 
 
 def _split_parent(path: str) -> tuple[str, bytes]:
@@ -40,62 +65,57 @@ def _split_parent(path: str) -> tuple[str, bytes]:
     return parent, os.fsencode(name)
 
 
-def _epoch(arg: str) -> int:
+def _number(arg: str, what: str) -> int:
     try:
-        e = int(arg)
+        n = int(arg)
     except ValueError:
-        raise FsError(errno.EINVAL, f"epoch must be a number, not {arg!r}")
-    if e <= 0:
-        raise FsError(errno.EINVAL, "epoch must be positive")
-    return e
+        raise FsError(errno.EINVAL, f"{what} must be a number, not {arg!r}")
+    if n <= 0:
+        raise FsError(errno.EINVAL, f"{what} must be positive, not {n}")
+    return n
 
 
-@dataclass
-class Result:
-    """What a command did: a line for the status file, and the directory
-    entries it changed behind the kernel's back (parent, name, removed inode or
-    0) so the daemon can invalidate the kernel's caches."""
-
-    message: str
-    changed: list[tuple[int, bytes, int]] = field(default_factory=list)
-
-
-def run_command(fs: FileSystem, line: str) -> Result:
-    """Execute one control line."""
+def _words(line: str) -> list[str]:
     try:
-        words = shlex.split(line)
+        return shlex.split(line)
     except ValueError as e:
         raise FsError(errno.EINVAL, f"cannot parse {line!r}: {e}")
+
+
+def run_command(agents: Agents, line: str) -> Result:
+    """Execute one line of the mount's control file."""
+    fs = agents.fs
+    words = _words(line)
     if not words:
         return Result("")
     cmd, args = words[0], words[1:]
     if cmd not in USAGE:
         raise FsError(errno.EINVAL, f"unknown command {cmd!r}; commands: "
                       + "; ".join(USAGE.values()))
+    if cmd == "fork":
+        return _fork(agents, args)
     nargs = len(USAGE[cmd].split()) - 1
     required = nargs - USAGE[cmd].count("[")
     if not required <= len(args) <= nargs:
         raise FsError(errno.EINVAL, f"usage: {USAGE[cmd]}")
-    if cmd == "fork":
-        src = fs.path_ino(args[0])
-        parent, name = _split_parent(args[1])
-        epoch = _epoch(args[2]) if len(args) > 2 else None
-        pino = fs.path_ino(parent)
-        root = fs.fork(src, pino, name, epoch)
-        return Result(f"forked {args[0]} -> {args[1]} (inode {root.ino})", [(pino, name, 0)])
     if cmd == "snapshot":
-        epoch = _epoch(args[2]) if len(args) > 2 else None
+        epoch = _number(args[2], "epoch") if len(args) > 2 else None
+        _check_snapshot_name(agents, fs.path_ino(args[0]), args[1])
         fs.snapshot(fs.path_ino(args[0]), os.fsencode(args[1]), epoch)
         return Result(f"snapshot {args[0]}/.snapshots/{args[1]}")
     if cmd == "unsnapshot":
         fs.delete_snapshot(fs.path_ino(args[0]), os.fsencode(args[1]))
-        return Result(f"deleted snapshot {args[1]} of {args[0]}")
+        return Result(f"deleted snapshot {args[1]} of {args[0]}", gc_wanted=True)
     if cmd == "detach":
         parent, name = _split_parent(args[0])
         pino = fs.path_ino(parent)
         child = fs.lookup(pino, name).ino
+        agent = agents.agent_root(child)
+        if agent is not None:
+            agents.remove(agent.name)
+            return Result(f"removed agent {agent.name}", [(pino, name, child)], gc_wanted=True)
         fs.detach(pino, name)
-        return Result(f"detached {args[0]}", [(pino, name, child)])
+        return Result(f"detached {args[0]}", [(pino, name, child)], gc_wanted=True)
     if cmd == "gc":
         from agentfs.storage.gc import collect
 
@@ -103,3 +123,75 @@ def run_command(fs: FileSystem, line: str) -> Result:
         return Result("gc " + " ".join(f"{k}={v}" for k, v in stats.items()))
     fs.sync()
     return Result("synced")
+
+
+def _fork(agents: Agents, args: list[str]) -> Result:
+    fs = agents.fs
+    turn = None
+    epoch = None
+    if len(args) == 4 and args[2] == "at":
+        if not args[3].isdigit():
+            raise FsError(errno.EINVAL, f"usage: {USAGE['fork']} (TURN is a number)")
+        turn = int(args[3])
+    elif len(args) == 3:
+        epoch = _number(args[2], "epoch")
+    elif len(args) != 2:
+        raise FsError(errno.EINVAL, f"usage: {USAGE['fork']}")
+    src = fs.path_ino(args[0])
+    parent, name = _split_parent(args[1])
+    pino = fs.path_ino(parent)
+    agent = agents.agent_root(src)
+    if agent is None:
+        if turn is not None:
+            raise FsError(errno.EINVAL, f"{args[0]} is not an agent: 'at TURN' forks an "
+                          "agent; fork a directory at a pinned EPOCH instead")
+        root = fs.fork(src, pino, name, epoch)
+        return Result(f"forked {args[0]} -> {args[1]} (inode {root.ino})", [(pino, name, 0)])
+    if pino != agents.dir_ino():
+        raise FsError(errno.EINVAL, f"{args[0]} is agent {agent.name}: a fork of it is an "
+                      f"agent, so it goes in agents/ (fork {args[0]} agents/NEW, or "
+                      f"echo 'fork NEW' > agents/{agent.name}/ctl); to copy only its files, "
+                      f"fork agents/{agent.name}/workspace")
+    if epoch is not None:
+        raise FsError(errno.EINVAL, f"{args[0]} is agent {agent.name}: fork it at a turn "
+                      f"(fork {args[0]} {args[1]} at TURN), not at an epoch")
+    new = agents.fork(agent.name, name, turn)
+    return Result(f"forked agent {agent.name} -> {new.name}" +
+                  (f" at turn {turn}" if turn is not None else ""), [(pino, name, 0)])
+
+
+def _check_snapshot_name(agents: Agents, dir_ino: int, name: str) -> None:
+    if agents.agent_root(dir_ino) is not None and name.startswith(TURN_SNAPSHOT_PREFIX):
+        raise FsError(errno.EINVAL, f"snapshot names starting with {TURN_SNAPSHOT_PREFIX} "
+                      "are the agent's turn snapshots (.snapshots/turn-N); pick another name")
+
+
+def run_agent_command(agents: Agents, a: Agent, line: str) -> Result:
+    """Execute one line of `agents/NAME/ctl`."""
+    words = _words(line)
+    if not words:
+        return Result("")
+    cmd, args = words[0], words[1:]
+    if cmd == "fork" and len(args) in (1, 3):
+        turn = None
+        if len(args) == 3:
+            if args[1] != "at" or not args[2].isdigit():
+                raise FsError(errno.EINVAL, "usage: fork NEW at TURN")
+            turn = int(args[2])
+        new = agents.fork(a.name, args[0].encode(), turn)
+        return Result(f"forked agent {a.name} -> {new.name}",
+                      [(agents.dir_ino(), args[0].encode(), 0)])
+    if cmd == "snapshot" and len(args) == 1:
+        _check_snapshot_name(agents, a.root_ino, args[0])
+        agents.fs.snapshot(a.root_ino, os.fsencode(args[0]))
+        return Result(f"snapshot agents/{a.name}/.snapshots/{args[0]}")
+    if cmd == "status" and len(args) == 1:
+        agents.set_status(a.name, args[0])
+        return Result(f"{a.name} {args[0]}")
+    if cmd == "remove" and not args:
+        agents.remove(a.name)
+        return Result(f"removed agent {a.name}",
+                      [(agents.dir_ino(), a.name.encode(), a.root_ino)], gc_wanted=True)
+    raise FsError(errno.EINVAL, f"unknown command or bad arguments {line.strip()!r}; "
+                  f"{AGENT_USAGE}")
+

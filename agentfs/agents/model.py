@@ -1,47 +1,44 @@
 """Agents as directories: spawn, append-only transcripts with per-turn epochs,
-forks now or at any past turn, lineage.
+forks now or at any past turn, removal, lineage.
 
-Each agent is its own view (see views.py) rooted at `agents/NAME`, so pins
-taken at every transcript turn only version what that agent changes, and a
-fork of an agent is a fork of its view: constant cost, conversation and files
-together. The skeleton's files have fixed local inode numbers, which forks
-keep, so the daemon recognises `prompt`, `transcript`, ... in any agent by
-inode alone (see `Role`).
+Each agent is its own view (see storage/views.py) rooted at `agents/NAME`, so
+pins taken at every transcript turn only version what that agent changes, and
+a fork of an agent is a fork of its view: constant cost, conversation and
+files together. The skeleton's files have fixed local inode numbers, which
+forks keep, so the daemon recognises `prompt`, `transcript`, ... in any agent
+by inode alone (see `Role`).
 
-Records (besides the views' own):
+Every operation here — spawn, fork (now or at turn N), remove, one write of
+transcript lines, status, parent — is exactly one transaction, built from the
+POSIX model's composable pieces (`FileSystem.transaction()`, a `Tree`).
+
+Records (besides the views' own, and history.py's `H` and `T`):
 
     A<name>                       the agent: view, spawner, origin, status, turns
-    a<view:4>                     view -> agent name
-    T<view:4><turn:4>             turn N of the agent owning `view`: [epoch, transcript bytes]
-
-This module is synchronous and knows nothing about FUSE; the daemon routes
-writes to the special files here.
+    a<view:4>                     view -> agent name (only while the agent lives)
 """
 
 from __future__ import annotations
 
 import enum
 import errno
+import json
 import re
 import stat
 import time
 from dataclasses import dataclass
 
+from agentfs.agents import history
+from agentfs.agents.render import InvalidLine, Policy, validate_line
 from agentfs.errors import FsError
-from agentfs.posix.fs import ROOT_INO, FileSystem
+from agentfs.posix.fs import ROOT_INO, FileSystem, Tree
 from agentfs.storage import codec
 from agentfs.storage.codec import Attr, attr_suffix, fuse_ino, split_ino, u32
-from agentfs.storage.kv import prefix_end
-from agentfs.storage.views import Tx
 
 AGENTS_DIR = b"agents"
 NAME_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STATUSES = ("idle", "running", "waiting", "done", "failed")
-
-
-def turn_holder(view: int) -> bytes:
-    """Who holds an agent's per-turn pins (on its view and the forks nested in it)."""
-    return b"t" + u32(view)
+turn_holder = history.turn_holder
 
 
 class Role(enum.IntEnum):
@@ -66,10 +63,12 @@ SKELETON: list[tuple[bytes, Role, int, bytes]] = [
     (b"notes", Role.NOTES, stat.S_IFDIR | 0o755, b""),
     (b"workspace", Role.WORKSPACE, stat.S_IFDIR | 0o755, b""),
     (b"inbox", Role.INBOX, stat.S_IFDIR | 0o777 | stat.S_ISVTX, b""),
-    (b"config", Role.CONFIG, stat.S_IFREG | 0o644, b""),
+    # Every key with its default and a comment: `cat config` shows the policy in force.
+    (b"config", Role.CONFIG, stat.S_IFREG | 0o644, Policy().render().encode()),
 ]
 FIRST_FREE_LOCAL = max(r for _, r, _, _ in SKELETON) + 1
 FROZEN_AT_FIRST_TURN = (Role.PROMPT, Role.SYSTEM, Role.TOOLS)
+SKELETON_NAMES: dict[Role, str] = {r: n.decode() for n, r, _, _ in SKELETON}
 
 
 @dataclass
@@ -110,35 +109,60 @@ def check_agent_name(name: bytes) -> str:
     return name.decode()
 
 
+def _agent_key(name: str) -> bytes:
+    return b"A" + name.encode()
+
+
+def _view_key(view: int) -> bytes:
+    return b"a" + u32(view)
+
+
+def _last_line(t: Tree, transcript: Attr) -> dict[str, object] | None:
+    """The transcript's last line, parsed (each append is one whole line)."""
+    if not transcript.size:
+        return None
+    view, local = split_ino(transcript.ino)
+    raw = t.tx.get(view, codec.log_suffix(local, transcript.size))
+    if raw is None:  # not the end of one append: read the tail instead
+        tail, _ = t.read(transcript.ino, max(0, transcript.size - (1 << 20)), 1 << 20)
+        line = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    else:
+        from agentfs.posix import logdata
+
+        line = logdata.decode(raw).rstrip(b"\n")
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 class Agents:
     """The agent layer over one FileSystem."""
 
     def __init__(self, fs: FileSystem) -> None:
         self.fs = fs
 
-    # ------------------------------------------------------------ lookups
+    # ------------------------------------------------------------ records
 
-    def dir_ino(self) -> int:
-        """The inode of /agents, created on first use."""
-        try:
-            return self.fs.lookup(ROOT_INO, AGENTS_DIR).ino
-        except FsError as e:
-            if e.errno != errno.ENOENT:
-                raise
-        return self.fs.create(ROOT_INO, AGENTS_DIR, stat.S_IFDIR | 0o777 | stat.S_ISVTX, 0, 0).ino
-
-    def _get(self, tx: Tx, name: str) -> Agent:
-        raw = tx.txn.get(b"A" + name.encode())
+    def _get(self, t: Tree, name: str) -> Agent:
+        raw = t.tx.txn.get(_agent_key(name))
         if raw is None:
             raise FsError(errno.ENOENT, f"no agent named {name!r}")
         return Agent.decode(name, raw)
 
-    def _put(self, tx: Tx, a: Agent) -> None:
-        tx.txn.put(b"A" + a.name.encode(), a.encode())
+    def _put(self, t: Tree, a: Agent) -> None:
+        t.tx.txn.put(_agent_key(a.name), a.encode())
+
+    def live(self, t: Tree, name: str, view: int) -> Agent:
+        """Agent `name`, still the one living in `view` (ENOENT once removed)."""
+        a = self._get(t, name)
+        if a.view != view:
+            raise FsError(errno.ENOENT, f"agent {name!r} was removed")
+        return a
 
     def get(self, name: str) -> Agent:
-        with self.fs.store.read() as tx:
-            return self._get(tx, name)
+        return self.fs.query(lambda t: self._get(t, name))
 
     def by_name(self, name: str) -> Agent | None:
         try:
@@ -146,11 +170,13 @@ class Agents:
         except FsError:
             return None
 
+    def _by_view(self, t: Tree, view: int) -> Agent | None:
+        raw = t.tx.txn.get(_view_key(view))
+        return None if raw is None else self._get(t, raw.decode())
+
     def by_view(self, view: int) -> Agent | None:
         """The agent whose view this is (None for any other view)."""
-        with self.fs.store.read() as tx:
-            raw = tx.txn.get(b"a" + u32(view))
-            return None if raw is None else self._get(tx, raw.decode())
+        return self.fs.query(lambda t: self._by_view(t, view))
 
     def role_of(self, ino: int) -> tuple[Agent, Role] | None:
         """(agent, role) if `ino` is one of an agent's skeleton files."""
@@ -160,31 +186,57 @@ class Agents:
         a = self.by_view(view)
         return None if a is None else (a, Role(local))
 
+    def agent_root(self, ino: int) -> Agent | None:
+        """The agent whose directory `ino` is (agents/NAME itself), or None."""
+        r = self.role_of(ino)
+        return r[0] if r is not None and r[1] is Role.ROOT else None
+
     def all(self) -> list[Agent]:
         with self.fs.store.read() as tx:
             return [Agent.decode(k[1:].decode(), raw) for k, raw in tx.txn.scan(b"A", b"B")]
+
+    def _agents_dir(self, t: Tree) -> int:
+        """The inode of /agents, made inside this transaction if it is missing."""
+        found = t.entry(ROOT_INO, AGENTS_DIR)
+        if found is not None:
+            return found
+        return t.create(ROOT_INO, AGENTS_DIR, stat.S_IFDIR | 0o777 | stat.S_ISVTX, 0, 0).ino
+
+    def dir_ino(self) -> int:
+        """The inode of /agents, created on first use."""
+        try:
+            return self.fs.lookup(ROOT_INO, AGENTS_DIR).ino
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        with self.fs.transaction() as t:
+            return self._agents_dir(t)
+
+    def _check_free(self, t: Tree, agents: int, name: bytes) -> str:
+        sname = check_agent_name(name)
+        if t.tx.txn.get(_agent_key(sname)) is not None:
+            raise FsError(errno.EEXIST, f"agent {sname!r} exists")
+        if t.entry(agents, name) is not None:
+            raise FsError(errno.EEXIST, f"agents/{sname} exists")
+        return sname
 
     # ------------------------------------------------------------ spawn and remove
 
     def spawn(self, name: bytes, parent: str = "", uid: int = 0, gid: int = 0) -> Agent:
         """`mkdir agents/NAME`: a new agent (its own view) with its skeleton."""
-        sname = check_agent_name(name)
-        agents = self.dir_ino()
         now = time.time_ns()
-        with self.fs.store.write() as tx:
-            if tx.txn.get(b"A" + name) is not None:
-                raise FsError(errno.EEXIST, f"agent {sname!r} exists")
-            if self.fs._entry(tx, agents, name) is not None:
-                raise FsError(errno.EEXIST, f"agents/{sname} exists")
-            if parent and tx.txn.get(b"A" + parent.encode()) is None:
+        with self.fs.transaction() as t:
+            agents = self._agents_dir(t)
+            sname = self._check_free(t, agents, name)
+            if parent and t.tx.txn.get(_agent_key(parent)) is None:
                 raise FsError(errno.ENOENT, f"parent agent {parent!r} does not exist")
-            aview, _ = split_ino(agents)
-            v = tx.new_view([], Role.ROOT, False, aview, "agent", FIRST_FREE_LOCAL)
-            tx.txn.put(b"C" + u32(aview) + u32(v.id), b"")
+            aview, alocal = split_ino(agents)
+            v = t.tx.new_view([], Role.ROOT, False, aview, "agent", FIRST_FREE_LOCAL)
+            t.tx.txn.put(b"C" + u32(aview) + u32(v.id), b"")
             root = Attr(stat.S_IFDIR | 0o755, uid, gid, nlink=2, atime_ns=now, mtime_ns=now,
-                        ctime_ns=now, parent_view=aview, parent_local=split_ino(agents)[1],
+                        ctime_ns=now, parent_view=aview, parent_local=alocal,
                         ino=fuse_ino(v.id, Role.ROOT))
-            self.fs._put_attr(tx, root)
+            t.put_attr(root)
             for fname, role, mode, content in SKELETON:
                 a = Attr(mode, uid, gid, nlink=2 if stat.S_ISDIR(mode) else 1, atime_ns=now,
                          mtime_ns=now, ctime_ns=now, ino=fuse_ino(v.id, role),
@@ -192,70 +244,69 @@ class Agents:
                 if stat.S_ISDIR(mode):
                     a.parent_view, a.parent_local = 0, Role.ROOT
                     root.nlink += 1
-                self.fs._put_attr(tx, a)
-                self.fs._link_entry(tx, root.ino, fname, a)
+                t.put_attr(a)
+                t.link_entry(root.ino, fname, a)
                 if content:
-                    self.fs._write(tx, a, 0, content)
-            self.fs._put_attr(tx, root)
-            d = self.fs._attr(tx, agents)
-            self.fs._link_entry(tx, agents, name, root)
+                    t.write_data(a, 0, content)
+            t.put_attr(root)
+            d = t.attr(agents)
+            t.link_entry(agents, name, root)
             d.nlink += 1
-            self.fs._touch(tx, d, now)
+            t.touch(d, now)
             agent = Agent(sname, v.id, parent, now, "spawn", "", 0, "idle", 0)
-            self._put(tx, agent)
-            tx.txn.put(b"a" + u32(v.id), name)
+            self._put(t, agent)
+            t.tx.txn.put(_view_key(v.id), name)
+            history.begin(t, v.id)
             return agent
 
     def remove(self, name: str) -> None:
-        """Remove an agent and everything it holds (its forks keep what they share)."""
-        a = self.get(name)
-        with self.fs.store.write() as tx:
-            # Its turns go with it: nothing can fork at them once the agent is
-            # gone (its forks keep, by their own pins, what they share).
-            self.fs._release(tx, turn_holder(a.view))
-            prefix = b"T" + u32(a.view)
-            for k, _ in list(tx.txn.scan(prefix, prefix_end(prefix))):
-                tx.txn.delete(k)
-        self.fs.detach(self.dir_ino(), name.encode())
-        with self.fs.store.write() as tx:
-            tx.txn.delete(b"A" + name.encode())
-            tx.txn.delete(b"a" + u32(a.view))
+        """Remove an agent and everything it holds, in one transaction. Its forks
+        keep their history: the turns they inherited stay recorded and pinned."""
+        with self.fs.transaction() as t:
+            a = self._get(t, name)
+            agents = self._agents_dir(t)
+            t.tx.txn.delete(_agent_key(name))
+            t.tx.txn.delete(_view_key(a.view))
+            t.tx.txn.delete(b"Q" + u32(a.view))
+            if t.entry(agents, name.encode()) == a.root_ino:
+                t.detach(agents, name.encode())
+            else:  # its directory was moved or is gone: the view goes all the same
+                t.kill_view(a.view)
+            history.release(t, a.view, is_live=False)
 
     # ------------------------------------------------------------ transcript
 
     def append(self, name: str, line: bytes) -> int:
-        """Append one validated message line to the transcript; returns its turn
-        number. The agent's whole tree is remembered as it is after the turn."""
-        from agentfs.agents.render import validate_line  # the validator lives with the renderer
+        """Append one message line (its newline optional); returns its turn number."""
+        return self.append_lines(name, [line[:-1] if line.endswith(b"\n") else line])
 
-        if line.endswith(b"\n"):
-            line = line[:-1]
-        validate_line(line)
-        with self.fs.store.write() as tx:
-            a = self._get(tx, name)
-            t = self.fs._attr(tx, a.ino(Role.TRANSCRIPT))
-            self.fs._write(tx, t, t.size, line + b"\n")
-            a.turns += 1
-            # The whole tree as it is now, forks made inside the workspace too.
-            epoch = self.fs._pin_tree(tx, a.view, turn_holder(a.view))
-            tx.txn.put(b"T" + u32(a.view) + u32(a.turns), codec.pack([epoch, t.size]))
-            self._put(tx, a)
+    def append_lines(self, name: str, lines: list[bytes], view: int | None = None) -> int:
+        """Append validated message lines (without newlines), each a turn, all in
+        one transaction: every line is appended, or (ValueError/FsError) none.
+        The agent's whole tree is remembered as it is after each turn. Returns
+        the number of the last turn."""
+        parsed = [validate_line(line) for line in lines]
+        with self.fs.transaction() as t:
+            a = self._get(t, name) if view is None else self.live(t, name, view)
+            tr = t.attr(a.ino(Role.TRANSCRIPT))
+            prev = _last_line(t, tr)
+            for line, obj in zip(lines, parsed, strict=True):
+                check_follows(prev, obj)
+                t.write_data(tr, tr.size, line + b"\n")
+                a.turns += 1
+                history.record_turn(t, a.view, a.turns, tr.size)
+                prev = obj
+            self._put(t, a)
             return a.turns
 
-    def turn_epoch(self, name: str, turn: int) -> tuple[Agent, int]:
-        """(the agent that owns turn `turn` of `name`'s history, its epoch)."""
-        with self.fs.store.read() as tx:
-            a = self._get(tx, name)
-            if not 1 <= turn <= a.turns:
-                raise FsError(errno.ENOENT, f"{name} has turns 1..{a.turns}, not {turn}")
-            while turn <= a.origin_turn and a.origin:
-                a = self._get(tx, a.origin)
-            raw = tx.txn.get(b"T" + u32(a.view) + u32(turn))
-            if raw is None:
-                raise FsError(errno.ENOENT, f"turn {turn} of {a.name} was not recorded")
-            rec = codec.unpack(raw)
-            assert isinstance(rec, list)
-            return a, int(rec[0])
+    def turn_epoch(self, name: str, turn: int) -> tuple[int, int]:
+        """(the view that owns turn `turn` of `name`'s history, its epoch)."""
+        def op(t: Tree) -> tuple[int, int]:
+            a = self._get(t, name)
+            check_turn(a, turn)
+            return history.turn_epoch(t, a.view, turn)
+
+        return self.fs.query(op)
 
     def frozen(self, a: Agent) -> bool:
         """Prompt, system prompt and tools are fixed from the first turn on."""
@@ -264,42 +315,46 @@ class Agents:
     # ------------------------------------------------------------ forks
 
     def fork(self, src: str, dst: bytes, at_turn: int | None = None, parent: str = "") -> Agent:
-        """Fork `src` as agent `dst`: now, or as it was at the end of turn `at_turn`."""
-        sname = check_agent_name(dst)
-        s = self.get(src)
-        agents = self.dir_ino()
-        owner, epoch = (s, None) if at_turn is None else self.turn_epoch(src, at_turn)
-        root = self.fs.fork(owner.root_ino, agents, dst, epoch)
-        view = split_ino(root.ino)[0]
-        turns = s.turns if at_turn is None else at_turn
-        with self.fs.store.write() as tx:
-            if tx.txn.get(b"A" + dst) is not None:
-                raise FsError(errno.EEXIST, f"agent {sname!r} exists")
-            a = Agent(sname, view, parent or s.name, time.time_ns(), "fork", owner.name,
+        """Fork `src` as agent `dst`, now or as it was at the end of turn `at_turn`:
+        conversation and files together, in one transaction, at constant cost."""
+        with self.fs.transaction() as t:
+            agents = self._agents_dir(t)
+            sname = self._check_free(t, agents, dst)
+            s = self._get(t, src)
+            if at_turn is None:
+                owner, epoch, turns = s.view, None, s.turns
+            else:
+                check_turn(s, at_turn)
+                owner, e = history.turn_epoch(t, s.view, at_turn)
+                epoch, turns = e, at_turn
+            root = t.fork(fuse_ino(owner, Role.ROOT), agents, dst, epoch)
+            view = split_ino(root.ino)[0]
+            a = Agent(sname, view, parent or s.name, time.time_ns(), "fork", s.name,
                       turns, "idle", turns)
-            self._put(tx, a)
-            tx.txn.put(b"a" + u32(view), dst)
+            self._put(t, a)
+            t.tx.txn.put(_view_key(view), dst)
+            history.begin(t, view, s.view, turns)
             return a
 
     def set_parent(self, name: str, parent: str) -> None:
         """Record the spawner after the fact (`echo P > agents/NAME/parent`), once."""
-        with self.fs.store.write() as tx:
-            a = self._get(tx, name)
+        with self.fs.transaction() as t:
+            a = self._get(t, name)
             if a.parent:
                 raise FsError(errno.EEXIST, f"{name}'s parent is already {a.parent}")
             if parent == name:
                 raise FsError(errno.EINVAL, "an agent cannot be its own parent")
-            self._get(tx, parent)
+            self._get(t, parent)
             a.parent = parent
-            self._put(tx, a)
+            self._put(t, a)
 
     def set_status(self, name: str, status: str) -> None:
         if status not in STATUSES:
             raise FsError(errno.EINVAL, f"status must be one of {', '.join(STATUSES)}")
-        with self.fs.store.write() as tx:
-            a = self._get(tx, name)
+        with self.fs.transaction() as t:
+            a = self._get(t, name)
             a.status = status
-            self._put(tx, a)
+            self._put(t, a)
 
     # ------------------------------------------------------------ lineage
 
@@ -324,10 +379,37 @@ class Agents:
             return Attr.decode(raw, a.ino(role))
 
 
-# ---------------------------------------------------------------- the agent's files
+def check_turn(a: Agent, turn: int) -> None:
+    if not 1 <= turn <= a.turns:
+        span = f"turns 1..{a.turns}" if a.turns else "no turns yet"
+        raise FsError(errno.ENOENT, f"{a.name} has {span}, not {turn}")
 
-STAGED_PREFIX = b".in-"
-MESSAGE_RE = re.compile(rb"^(\d{6,})-")
+
+def check_follows(prev: dict[str, object] | None, line: dict[str, object]) -> None:
+    """A line must make sense after the previous one: tool results answer the
+    tool calls of the assistant line just before (the API refuses anything else,
+    and an append-only history could never recover)."""
+    from agentfs.agents import render
+
+    validate_next = getattr(render, "validate_next", None)
+    if validate_next is not None:
+        validate_next(prev, line)
+        return
+    content = line.get("content")
+    results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"] \
+        if isinstance(content, list) else []
+    if not results:
+        return
+    pc = prev.get("content") if prev is not None and prev.get("role") == "assistant" else None
+    calls = {b.get("id") for b in pc if isinstance(b, dict) and b.get("type") == "tool_use"} \
+        if isinstance(pc, list) else set()
+    for r in results:
+        if r.get("tool_use_id") not in calls:
+            raise InvalidLine(f"tool_result for {r.get('tool_use_id')!r} answers no tool_use "
+                              "of the assistant line just before")
+
+
+# ---------------------------------------------------------------- the agent's files
 
 
 def refuse_change(a: Agent, role: Role, what: str) -> None:
@@ -340,77 +422,5 @@ def refuse_change(a: Agent, role: Role, what: str) -> None:
                       f"({what} refused); append lines with >>")
     if role is Role.ROOT or (what in ("unlink", "rename") and role in SKELETON_NAMES):
         raise FsError(errno.EPERM, f"agents/{a.name}/{SKELETON_NAMES.get(role, '')} is part "
-                      "of the agent's skeleton; remove the agent with its ctl: echo remove > ctl")
-
-
-SKELETON_NAMES: dict[Role, str] = {r: n.decode() for n, r, _, _ in SKELETON}
-
-
-def _inbox_seq(fs: FileSystem, tx: Tx, a: Agent) -> int:
-    key = b"Q" + u32(a.view)
-    raw = tx.txn.get(key)
-    if raw is not None:
-        return codec.read_u64(raw)
-    # First message since this view began (a fork inherits its origin's messages):
-    # continue after the highest number present.
-    high = 0
-    view, local = split_ino(a.ino(Role.INBOX))
-    for sub, _ in tx.scan(view, codec.dentry_dir_suffix(local)):
-        m = MESSAGE_RE.match(sub[8:-1])
-        if m:
-            high = max(high, int(m.group(1)))
-    return high + 1
-
-
-def stage_message(agents: Agents, a: Agent, name: bytes, nonce: int, uid: int,
-                  gid: int) -> Attr:
-    """A message being written: a hidden file in the inbox until its writer closes it."""
-    from agentfs.posix.fs import check_name
-
-    check_name(name)
-    if name.startswith(STAGED_PREFIX):
-        raise FsError(errno.EINVAL, "names starting with .in- are reserved for messages "
-                      "being written")
-    staged = STAGED_PREFIX + b"%d-" % nonce + name
-    return agents.fs.create(a.ino(Role.INBOX), staged[:255], stat.S_IFREG | 0o644, uid, gid)
-
-
-def deliver_message(agents: Agents, a: Agent, staged: bytes, sender: str) -> bytes:
-    """Make a staged message visible, atomically, as SEQ-SENDER+NAME.
-
-    Senders are reduced to [A-Za-z0-9._-], so the first '+' always ends the
-    sender, whatever the message's own name holds."""
-    fs = agents.fs
-    inbox = a.ino(Role.INBOX)
-    original = staged[len(STAGED_PREFIX):].split(b"-", 1)[1]
-    safe_sender = re.sub(rb"[^A-Za-z0-9._-]", b"_", sender.encode())[:64] or b"unknown"
-    with fs.store.write() as tx:
-        seq = _inbox_seq(fs, tx, a)
-        final = (b"%06d-%s+%s" % (seq, safe_sender, original))[:255]
-        tx.txn.put(b"Q" + u32(a.view), codec.u64(seq + 1))
-        fs._rename(tx, inbox, staged, inbox, final, 1)
-    return final
-
-
-def drop_staged(agents: Agents) -> int:
-    """At mount: messages whose writer never closed them are not messages."""
-    n = 0
-    for a in agents.all():
-        try:
-            entries = list(agents.fs.readdir(a.ino(Role.INBOX)))
-        except FsError:
-            continue
-        for e in entries:
-            if e.name.startswith(STAGED_PREFIX):
-                agents.fs.unlink(a.ino(Role.INBOX), e.name)
-                agents.fs.forget(e.attr.ino)
-                n += 1
-    return n
-
-
-def inbox_messages(agents: Agents, a: Agent) -> list[bytes]:
-    """Delivered messages in arrival order."""
-    names = [e.name for e in agents.fs.readdir(a.ino(Role.INBOX))
-             if not e.name.startswith(STAGED_PREFIX)]
-    return sorted(names)
-
+                      "of the agent's skeleton; remove the agent with rmdir agents/"
+                      f"{a.name} or echo remove > agents/{a.name}/ctl")

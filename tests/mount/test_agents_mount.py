@@ -370,18 +370,38 @@ def test_partial_line_is_refused_at_close(mnt: Path, started: Path) -> None:
 
 def test_skeleton_cannot_be_removed_or_renamed(mnt: Path) -> None:
     a = spawn(mnt, "a")
-    skeleton = "part of the agent's skeleton; remove the agent with its ctl"
+    skeleton = "part of the agent's skeleton; remove the agent with rmdir agents/a"
     refused(mnt, a, errno.EPERM, skeleton, lambda: os.unlink(a / "prompt"))
     refused(mnt, a, errno.EPERM, skeleton, lambda: os.rmdir(a / "workspace"))
     refused(mnt, a, errno.EPERM, skeleton, lambda: os.rename(a / "notes", a / "workspace" / "n"))
     refused(mnt, a, errno.EPERM, skeleton, lambda: os.rename(a / "config", a / "cfg"))
     refused(mnt, a, errno.EPERM, skeleton, lambda: os.rename(a, mnt / "agents" / "z"))
-    # rmdir of a non-empty agent directory may be answered ENOTEMPTY by the kernel first.
+
+
+def test_rmdir_of_an_agent_removes_it_whole(mnt: Path) -> None:
+    """The cgroupfs convention: rmdir removes the agent though it holds files."""
+    a = spawn(mnt, "a")
+    (a / "workspace" / "f").write_text("x")
+    os.rmdir(a)
+    assert not a.exists() and os.listdir(mnt / "agents") == []
+    lineage = (mnt / ".agentfs" / "lineage").read_text()
+    assert '"name": "a"' not in lineage
+    b = spawn(mnt, "a")  # the name is free again
+    assert os.listdir(b / "workspace") == []
+
+
+def test_rm_rf_of_an_agent_leaves_it_whole(mnt: Path) -> None:
+    """rm -r would empty the agent file by file before failing on its skeleton:
+    it is refused at its first step, and nothing inside is removed."""
+    a = spawn(mnt, "a")
+    (a / "workspace" / "f").write_text("x")
+    (a / "notes" / "todo.md").write_text("- [ ] y\n")
     before = state(mnt)
-    with pytest.raises(OSError) as info:
-        os.rmdir(a)
-    assert info.value.errno in (errno.EPERM, errno.ENOTEMPTY)
+    res = subprocess.run(["rm", "-rf", str(a)], capture_output=True, text=True)
+    assert res.returncode != 0
     assert state(mnt) == before
+    assert (a / "workspace" / "f").read_text() == "x"
+    assert "rmdir agents/a" in (a / "errstr").read_text()
 
 
 @pytest.fixture
@@ -1008,16 +1028,18 @@ def test_huge_lines_are_refused_without_buffering_forever(mnt: Path, started: Pa
     assert read(a / "status") == "idle turns=2\n"
 
 
-def test_a_write_with_an_invalid_line_keeps_the_valid_lines_before_it(
+def test_a_write_with_an_invalid_line_appends_none_of_its_lines(
         mnt: Path, started: Path) -> None:
+    """One write() is all or nothing: the valid line before a bad one is not kept."""
     a = started
     fd = os.open(a / "transcript", os.O_WRONLY | os.O_APPEND)
     try:
         with pytest.raises(OSError) as info:
             os.write(fd, ASSISTANT + b"not json\n" + USER)
         assert info.value.errno == errno.EINVAL
-        os.write(fd, USER)  # nothing of the failed write is pending: this line stands alone
+        os.write(fd, ASSISTANT)  # nothing of the failed write is pending: this line stands alone
     finally:
         os.close(fd)
-    assert (a / "transcript").read_bytes() == USER + ASSISTANT + USER
+    assert (a / "transcript").read_bytes() == USER + ASSISTANT
     assert "line is not valid JSON" in errstr(a)
+    assert "none of the 3 lines of this write was appended" in errstr(a)

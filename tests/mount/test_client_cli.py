@@ -626,7 +626,8 @@ def test_cli_log(mount: Any) -> None:
     a.append(RESULT)
     a.append({"role": "assistant", "content": [
         {"type": "thinking", "thinking": "hmm " * 50, "signature": "sig"},
-        {"type": "text", "text": "Two\nlines."}]})
+        {"type": "text", "text": "Two\nlines."},
+        {"type": "tool_use", "id": "toolu_2", "name": "bash", "input": {"command": "x"}}]})
     a.append({"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": "toolu_2", "is_error": True,
          "content": [{"type": "text", "text": "boom"}]},

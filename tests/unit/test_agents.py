@@ -171,7 +171,8 @@ def test_bulky_lines_are_stored_compressed_and_read_back_exactly(fs: FileSystem,
     msg = json.dumps({"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": "t1", "content": out}]}).encode()
     agents.append("a", line("user", "hi"))
-    agents.append("a", line("assistant", "running it"))
+    agents.append("a", json.dumps({"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t1", "name": "run", "input": {}}]}).encode())
     agents.append("a", msg)
     t = agents.transcript_ino("a")
     attr = fs.getattr(t)
@@ -245,10 +246,11 @@ def test_a_fork_reads_its_tail_without_walking_its_origins_later_turns(
     assert seen < 50, f"{seen} keys visited for one read"
 
 
-def test_removing_an_agent_frees_its_turns(fs: FileSystem, agents: Agents) -> None:
-    """Each turn pins the agent; once it is removed nothing can fork at those
-    turns, so gc must be able to drop the whole view (its forks keep what
-    they share by their own pins)."""
+def test_removing_an_agent_keeps_only_the_turns_its_forks_inherited(
+        fs: FileSystem, agents: Agents) -> None:
+    """Each turn pins the agent. Once it is removed, only the turns a fork
+    inherited stay (the fork's history is its own); once the fork goes too,
+    gc drops everything."""
     from agentfs.storage.gc import collect
 
     agents.spawn(b"a")
@@ -260,10 +262,20 @@ def test_removing_an_agent_frees_its_turns(fs: FileSystem, agents: Agents) -> No
     agents.remove("a")
     collect(fs.store)
     with fs.store.read() as tx:
-        assert list(tx.txn.scan(b"T" + codec.u32(view), b"T" + codec.u32(view + 1))) == []
-        assert {h for _, h in tx.pins(view)} <= {b"v" + codec.u32(agents.get("keep").view)}
-    assert ws_read(fs, agents, "keep", b"f") == b"version 8"  # written after turn 9
+        kept = [codec.read_u32(k, 5) for k, _ in
+                tx.txn.scan(b"T" + codec.u32(view), b"T" + codec.u32(view + 1))]
+    assert kept == list(range(1, 11))
+    assert ws_read(fs, agents, "keep", b"f") == b"version 8"  # written before turn 10
+    # The fork can still be forked at (and show) the turns it inherited.
+    agents.fork("keep", b"again", at_turn=4)
+    assert ws_read(fs, agents, "again", b"f") == b"version 2"
     agents.remove("keep")
+    collect(fs.store)
+    with fs.store.read() as tx:
+        kept = [codec.read_u32(k, 5) for k, _ in
+                tx.txn.scan(b"T" + codec.u32(view), b"T" + codec.u32(view + 1))]
+    assert kept == list(range(1, 5))  # what `again` still inherits
+    agents.remove("again")
     collect(fs.store)
     assert dead_views(fs) == []
 
@@ -284,11 +296,12 @@ def test_turn_snapshots_include_forks_nested_in_the_workspace(fs: FileSystem,
         agents.append("a", line("user" if i % 2 == 0 else "assistant", f"turn {i}"))
     collect(fs.store)
     owner, epoch = agents.turn_epoch("a", 3)
-    snap = fs.snapshot(owner.root_ino, b"turn-3", epoch)
+    root = codec.fuse_ino(owner, Role.ROOT)
+    snap = fs.snapshot(root, b"turn-3", epoch)
     sws = fs.lookup(snap.ino, b"workspace").ino
     got = fs.lookup(fs.lookup(sws, b"nested").ino, b"f")
     assert fs.read(got.ino, 0, 100) == b"turn 2"
-    fs.delete_snapshot(owner.root_ino, b"turn-3")
+    fs.delete_snapshot(root, b"turn-3")
     agents.remove("a")
     collect(fs.store)
     assert dead_views(fs) == []

@@ -1,0 +1,279 @@
+"""Views inside one transaction: pins, forks, snapshots, removal of whole trees.
+
+`Tree` extends `Inodes` (inodes.py) with the operations on views: a fork or a
+snapshot writes a constant number of keys whatever the size of the tree
+(see storage/views.py); pins remember a tree as it is now; killing a view
+hands what it held to gc. Like `Inodes`, a `Tree` is bound to one
+transaction and composes: this is the piece the agent layer builds on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from agentfs.errors import FsError
+from agentfs.posix.inodes import ROOT_INO, SNAPDIR, Inodes, check_name
+from agentfs.storage import codec
+from agentfs.storage.codec import ROOT_VIEW, Attr, attr_suffix, fuse_ino, split_ino, u32
+from agentfs.storage.kv import prefix_end
+
+
+class Tree(Inodes):
+    """Everything the POSIX model does, inside transaction `tx`."""
+
+    def free_orphans(self) -> int:
+        """Free every orphan (at mount: nothing is open any more)."""
+        n = 0
+        for k, _ in list(self.tx.txn.scan(b"O", b"P")):
+            self.free(codec.read_u32(k, 1), codec.read_u64(k, 5))
+            n += 1
+        return n
+
+    def forget(self, ino: int) -> None:
+        """The kernel holds no more references: free the inode if it is unlinked."""
+        view, local = split_ino(ino)
+        if self.tx.txn.get(codec.orphan_key(view, local)) is not None:
+            self.free(view, local)
+
+    def free(self, view: int, local: int) -> None:
+        self.tx.txn.delete(codec.orphan_key(view, local))
+        if not self.tx.view_exists(view) or self.tx.view(view).kind == "dead":
+            return
+        a = self.tx.get(view, attr_suffix(local))
+        if a is not None and Attr.decode(a).is_dir and self.drop_dir_view(view, local):
+            return
+        for sub, _ in list(self.tx.scan(view, codec.ino_suffix(local))):
+            self.tx.remove(view, codec.ino_suffix(local) + sub)
+        self.tx.mark_dirty(view)
+
+    def drop_dir_view(self, view: int, local: int) -> bool:
+        """A removed directory takes its snapshots (and, if it was the root of a
+        fork, the fork itself) with it. True if the whole view went."""
+        for k, raw in list(self.tx.txn.scan(codec.snap_prefix(view, local),
+                                       prefix_end(codec.snap_prefix(view, local)))):
+            self.kill_view(codec.read_u32(raw))
+            self.tx.txn.delete(k)
+        v = self.tx.view(view)
+        if v.root == local and view != ROOT_VIEW:
+            self.kill_view(view)
+            return True
+        return False
+
+    def pin_tree(self, view: int, holder: bytes, epoch: int | None = None,
+                  top: int | None = None) -> int:
+        """Pin `view` and every view nested in it (their state is part of the
+        tree); only those mounted under directory `top` of the view if given
+        (for "now" only: where a view sat at a past epoch is not tracked)."""
+        e = self.tx.pin(view, holder, epoch)
+        for k, _ in list(self.tx.txn.scan(b"C" + u32(view), prefix_end(b"C" + u32(view)))):
+            inner = codec.read_u32(k, 5)
+            if self.tx.view(inner).kind in ("dead", "snapshot"):
+                continue
+            if top is not None and epoch is None and not self.mounted_under(view, top,
+                                                                             inner):
+                continue
+            if epoch is None or self.tx.is_pinned(inner, e):
+                self.tx.txn.put(codec.pin_key(inner, e, holder), b"")
+                self.tx.store._maxpin[inner] = max(self.tx.maxpin(inner), e)
+                self.pin_nested(inner, holder, e)
+        return e
+
+    def mounted_under(self, view: int, top: int, inner: int) -> bool:
+        """Is nested view `inner`'s root entry inside directory `top` of `view`?
+        (Unsure answers say yes: pinning too much is only a cost.)"""
+        want = fuse_ino(view, top)
+        try:
+            root = self.attr(fuse_ino(inner, self.tx.view(inner).root))
+            return any(a.ino == want for a in self.ancestors(root))
+        except FsError:
+            return True
+
+    def pin_nested(self, view: int, holder: bytes, e: int) -> None:
+        for k, _ in list(self.tx.txn.scan(b"C" + u32(view), prefix_end(b"C" + u32(view)))):
+            inner = codec.read_u32(k, 5)
+            if self.tx.view(inner).kind in ("dead", "snapshot"):
+                continue
+            self.tx.txn.put(codec.pin_key(inner, e, holder), b"")
+            self.tx.store._maxpin[inner] = max(self.tx.maxpin(inner), e)
+            self.pin_nested(inner, holder, e)
+
+    def release(self, holder: bytes, epochs: set[int] | None = None) -> None:
+        """Release every pin `holder` has (only those at `epochs` if given). A
+        dead view left unpinned by that lets go of the views it read through
+        to, and so on down."""
+        released = self._unpin_holder(holder, epochs)
+        while released:
+            v = released.pop()
+            if self.tx.view_exists(v) and self.tx.view(v).kind == "dead" and not self.tx.pins(v):
+                released |= self._unpin_holder(b"v" + u32(v), None)
+
+    def _unpin_holder(self, holder: bytes, epochs: set[int] | None) -> set[int]:
+        if epochs is None:
+            return self.tx.release_holder(holder)
+        released = set()
+        for k, _ in list(self.tx.txn.scan(b"P", b"Q")):
+            if k[13:] == holder and codec.read_u64(k, 5) in epochs:
+                vid = codec.read_u32(k, 1)
+                self.tx.unpin(vid, codec.read_u64(k, 5), holder)
+                released.add(vid)
+        return released
+
+    def pin(self, dir_ino: int, holder: bytes) -> int:
+        """Remember the tree under `dir_ino`'s view as it is now; returns the epoch."""
+        self.dir(dir_ino)
+        view, local = split_ino(dir_ino)
+        return self.pin_tree(view, holder, top=local)
+
+    def fork(self, src_dir: int, dst_dir: int, dst_name: bytes, epoch: int | None = None,
+             uid: int = 0, gid: int = 0) -> Attr:
+        """Make `dst_dir/dst_name` a copy-on-write copy of directory `src_dir`
+        (as it is now, or as it was at a pinned `epoch`). Constant cost."""
+        check_name(dst_name)
+        if epoch is None:
+            self.dir(src_dir)
+        else:
+            # The tree as it was: its view may have been removed since (an
+            # agent's history outlives it while forks still need its turns).
+            self.tx.view(split_ino(src_dir)[0])
+        dd = self.live_dir(dst_dir)
+        self.check_reserved(dst_dir, dst_name)
+        if self.entry(dst_dir, dst_name) is not None:
+            raise FsError(errno.EEXIST, "destination exists")
+        if self.tx.view(split_ino(dst_dir)[0]).readonly:
+            raise FsError(errno.EROFS, "snapshots are read-only")
+        sview, slocal = split_ino(src_dir)
+        sv = self.tx.view(sview)
+        chain = self.tx.levels(sview)
+        vid = self.tx.store.next_view
+        holder = b"v" + u32(vid)
+        if sv.readonly:
+            # A fork of a snapshot: same frozen state, writable.
+            if epoch is not None:
+                raise FsError(errno.EINVAL, "a snapshot has a single epoch")
+            e = sv.chain[0][1]
+            self.tx.pin(sv.chain[0][0], holder, e)
+            new_chain = list(sv.chain)
+        else:
+            e = self.pin_tree(sview, holder, epoch, top=slocal)
+            new_chain = [(sview, e), *chain[1:]]
+        nv = self.tx.new_view(new_chain, slocal, False, split_ino(dst_dir)[0], "fork",
+                         self.tx.peek_next_ino(sview))
+        assert nv.id == vid
+        self.tx.txn.put(b"C" + u32(split_ino(dst_dir)[0]) + u32(vid), b"")
+        root_ino = fuse_ino(vid, slocal)
+        root = self.attr(root_ino)  # as it was at the fork epoch
+        now = self.clock()
+        self.set_parent(root, dst_dir)
+        root.ctime_ns = now
+        self.put_attr(root)
+        self.link_entry(dst_dir, dst_name, root)
+        dd.nlink += 1
+        self.touch(dd, now)
+        return root
+
+    def snapshot(self, dir_ino: int, name: bytes, epoch: int | None = None,
+                 source: int | None = None) -> Attr:
+        """Create read-only snapshot `name` of directory `dir_ino` (reached as
+        DIR/.snapshots/NAME); at a pinned `epoch` if given. With `source` (a
+        directory inode, maybe of a removed view), the snapshot shows that tree
+        at `epoch` instead: an agent's turn snapshot of a turn it inherited."""
+        check_name(name)
+        self.dir(dir_ino)
+        view, local = split_ino(dir_ino)
+        if self.tx.view(view).readonly:
+            raise FsError(errno.EROFS, "cannot snapshot inside a snapshot")
+        key = codec.snap_prefix(view, local) + name
+        if self.tx.txn.get(key) is not None:
+            raise FsError(errno.EEXIST, "snapshot exists")
+        sview, slocal = (view, local) if source is None else split_ino(source)
+        if source is not None and epoch is None:
+            raise FsError(errno.EINVAL, "a snapshot of another tree needs its epoch")
+        sv = self.tx.view(sview)
+        vid = self.tx.store.next_view
+        e = self.pin_tree(sview, b"v" + u32(vid), epoch, top=slocal)
+        nv = self.tx.new_view([(sview, e), *sv.chain], slocal, True, view, "snapshot",
+                              self.tx.peek_next_ino(sview))
+        self.tx.txn.put(b"C" + u32(view) + u32(nv.id), b"")
+        self.tx.txn.put(key, u32(nv.id))
+        return self.attr(fuse_ino(nv.id, slocal))
+
+    def snapshots(self, dir_ino: int) -> list[tuple[bytes, Attr]]:
+        """Named snapshots of directory `dir_ino`, with their roots."""
+        self.dir(dir_ino)
+        view, local = split_ino(dir_ino)
+        p = codec.snap_prefix(view, local)
+        out = []
+        for k, raw in self.tx.txn.scan(p, prefix_end(p)):
+            sv = self.tx.view(codec.read_u32(raw))
+            out.append((k[len(p):], self.attr(fuse_ino(sv.id, sv.root))))
+        return out
+
+    def snapshot_root(self, dir_ino: int, name: bytes) -> Attr:
+        view, local = split_ino(dir_ino)
+        raw = self.tx.txn.get(codec.snap_prefix(view, local) + name)
+        if raw is None:
+            raise FsError(errno.ENOENT, "no such snapshot")
+        sv = self.tx.view(codec.read_u32(raw))
+        return self.attr(fuse_ino(sv.id, sv.root))
+
+    def delete_snapshot(self, dir_ino: int, name: bytes) -> None:
+        view, local = split_ino(dir_ino)
+        key = codec.snap_prefix(view, local) + name
+        raw = self.tx.txn.get(key)
+        if raw is None:
+            raise FsError(errno.ENOENT, "no such snapshot")
+        self.tx.txn.delete(key)
+        self.kill_view(codec.read_u32(raw))
+
+    def kill_view(self, vid: int) -> None:
+        """Mark a view (and the views nested in it) dead; gc reclaims what they held.
+
+        A dead view keeps its own pins (on the views it reads through to) for
+        as long as something still pins it: a snapshot taken earlier may see
+        it, and so everything under it. The last unpin releases them."""
+        v = self.tx.view(vid)
+        if v.kind == "dead":
+            return
+        v.kind = "dead"  # (the cached definition: release sees it)
+        # Deletions first: on a full store, this is how space comes back.
+        self.tx.txn.delete(b"C" + u32(v.container) + u32(vid))
+        for k, _ in list(self.tx.txn.scan(b"C" + u32(vid), prefix_end(b"C" + u32(vid)))):
+            self.kill_view(codec.read_u32(k, 5))
+        if not self.tx.pins(vid):
+            self.release(b"v" + u32(vid))
+        self.tx.save_view(v)
+        self.tx.mark_dirty(vid)
+
+    def detach(self, dir_ino: int, name: bytes) -> None:
+        """Remove fork root `dir_ino/name` and everything in it at once
+        (`rm -rf` would write a tombstone per file)."""
+        d = self.dir(dir_ino)
+        child = self.entry(dir_ino, name)
+        if child is None:
+            raise FsError(errno.ENOENT, "no such entry")
+        cview, clocal = split_ino(child)
+        if cview == split_ino(dir_ino)[0] or self.tx.view(cview).root != clocal:
+            raise FsError(errno.EINVAL, "not the root of a fork")
+        self.kill_view(cview)  # first: it frees what it can
+        self.unlink_entry(dir_ino, name)
+        d.nlink -= 1
+        self.touch(d, self.clock())
+
+    def path_ino(self, path: str) -> int:
+        """Resolve a path relative to the root (no symlinks followed)."""
+        ino = ROOT_INO
+        parts = iter(path.strip("/").split("/"))
+        for part in parts:
+            if part in ("", "."):
+                continue
+            if part == "..":
+                ino = self.parent_of(self.attr(ino))
+            elif part == SNAPDIR.decode():
+                name = next(parts, "")
+                if not name:
+                    raise FsError(errno.EINVAL, "name a snapshot: DIR/.snapshots/NAME")
+                ino = self.snapshot_root(ino, os.fsencode(name)).ino
+            else:
+                ino = self.lookup(ino, os.fsencode(part)).ino
+        return ino
