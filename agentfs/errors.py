@@ -14,3 +14,8 @@ class FsError(Exception):
 
     def __str__(self) -> str:
         return f"[{errno.errorcode.get(self.errno, self.errno)}] {self.message}"
+
+    def within(self, where: str) -> FsError:
+        """The same error, its reason prefixed with where it happened
+        (`agents/a/ctl: fork b: agent 'b' exists`)."""
+        return FsError(self.errno, f"{where}: {self.message}")

@@ -4,10 +4,19 @@ Used by `agentfs fsck` and, as an oracle, after every unit test. It reads one
 consistent LMDB snapshot, so it may run while the daemon is serving.
 
 Invariants checked:
-- metadata present; every record, pin, view and queue key decodes;
-- no version is born after the current epoch;
+- every key belongs to a prefix of the key table (storage/keys.py) and has
+  the length its layout says; every per-view key names an existing view;
+- metadata: format, epoch and next_view present and decodable (else nothing
+  more can be read), nothing else, next_view above every view;
+- no version is born after the current epoch, versions of one record in order;
 - views: origin chains name existing views, each live fork/snapshot holds a
-  pin on its origin at its fork epoch, pins are held by existing views;
+  pin on its origin at its fork epoch; a live view (other than the root) is
+  listed as contained by its container (`C`), which is live;
+- pins: in the past, held by a holder of a known kind (`v<view>`: an existing
+  view; `t<view>`: a view with turn records or a history record);
+- containment (`C`) and nested copies (`m`) of live views name existing views
+  that say so (inner.container is the view); snapshot names (`S`) of live
+  views lead to live snapshot views of that directory;
 - the tree of every live view, walked from its root: entries lead to inodes
   of the type they claim, directories point back at their parent, directory
   link counts are 2 + subdirectories, file link counts match the entries
@@ -17,9 +26,15 @@ Invariants checked:
   size or the file, the stored-bytes counter (st_blocks) equals the blocks;
   log files (transcripts) hold contiguous, decodable appends from 0 to their
   size and nothing else;
-- root view: every inode is reachable or an orphan; orphans have nlink 0;
+- orphans of live views have nlink 0; in the root view every inode is
+  reachable or an orphan;
 - entries that lead into another view lead to that view's root, and that view
-  is alive and contained here.
+  is alive and contained here;
+- the agent layer's records (agents/check.py): agents, their views, turns,
+  inbox counters, lineage.
+
+Keys of dead views (records, containment, agent records...) are garbage that
+gc drops with the view; they need only name the view.
 """
 
 from __future__ import annotations
@@ -27,22 +42,19 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 
+from agentfs.agents.check import check_agents
 from agentfs.posix import logdata
 from agentfs.posix.fs import BLOCK_SIZE
-from agentfs.storage import codec
-from agentfs.storage.codec import (
+from agentfs.storage import codec, keys
+from agentfs.storage.codec import ROOT_VIEW, Attr, ViewDef, decode_dentry
+from agentfs.storage.keys import (
     KIND_ATTR,
-    ROOT_VIEW,
-    Attr,
-    ViewDef,
     attr_suffix,
     birth_of,
     block_dir_suffix,
-    decode_dentry,
     dentry_dir_suffix,
-    u32,
 )
-from agentfs.storage.kv import Engine, prefix_end
+from agentfs.storage.kv import Engine
 from agentfs.storage.views import Store, Tx
 
 
@@ -60,73 +72,262 @@ class Report:
 
 
 def check_store(engine: Engine) -> Report:
-    store = Store(engine)
     r = Report()
+    r.problems.extend(_meta_problems(engine))
+    if r.problems:
+        return r  # nothing else can be read without the epoch (and Store would format)
+    store = Store(engine)
     with store.read() as tx:
         _check(tx, r)
     return r
 
 
+def _meta_problems(engine: Engine) -> list[str]:
+    problems = []
+    with engine.begin() as txn:
+        for name in keys.META_NAMES:
+            raw = txn.get(keys.meta(name))
+            if raw is None:
+                problems.append(f"metadata {name!r} is missing")
+                continue
+            try:
+                value = codec.unpack(raw)
+            except Exception as e:  # noqa: BLE001 - report, don't crash
+                problems.append(f"metadata {name!r}: undecodable ({e})")
+                continue
+            if not isinstance(value, int) or (name == "format" and value != codec.FORMAT):
+                problems.append(f"metadata {name!r} is {value!r}")
+    return problems
+
+
+@dataclass
+class _Seen:
+    """What the pass over every key collected for the checks that follow it."""
+
+    views: dict[int, ViewDef]
+    now: int
+    pins: dict[int, set[tuple[int, bytes]]] = field(default_factory=dict)
+    orphans: dict[int, set[int]] = field(default_factory=dict)
+    contained: set[tuple[int, int]] = field(default_factory=set)
+    last_record: bytes = b""
+
+    def live(self, vid: int) -> bool:
+        v = self.views.get(vid)
+        return v is not None and v.kind != "dead"
+
+
 def _check(tx: Tx, r: Report) -> None:
-    txn = tx.txn
-    now = tx.store.epoch
-    views: dict[int, ViewDef] = {}
-    for k, raw in txn.scan(b"V", b"W"):
-        try:
-            views[codec.read_u32(k, 1)] = ViewDef.decode(codec.read_u32(k, 1), raw)
-        except Exception as e:  # noqa: BLE001 - report, don't crash
-            r.problems.append(f"view key {k.hex()}: undecodable ({e})")
+    views = _load_views(tx, r)
     r.views = len(views)
     if ROOT_VIEW not in views:
         r.problems.append("root view is missing")
         return
-    pins: dict[int, set[tuple[int, bytes]]] = {}
-    for k, _ in txn.scan(b"P", b"Q"):
-        vid, epoch, holder = codec.read_u32(k, 1), codec.read_u64(k, 5), k[13:]
-        pins.setdefault(vid, set()).add((epoch, holder))
-        if vid not in views:
-            r.problems.append(f"pin on missing view {vid} (epoch {epoch}, holder {holder!r})")
-        if epoch >= now:
-            r.problems.append(f"pin on view {vid} at future epoch {epoch} (now {now})")
-        if holder[:1] == b"v" and codec.read_u32(holder, 1) not in views:
-            r.problems.append(f"pin on view {vid} held by missing view {holder!r}")
+    seen = _Seen(views, tx.store.epoch)
+    for k, raw in tx.txn.scan(b""):
+        _check_key(tx, r, seen, k, raw)
+    _check_views(tx, r, seen)
+    _check_turn_holders(tx, r, seen)
+    for vid, v in views.items():
+        if v.kind == "dead":
+            continue
+        _check_orphans(tx, r, vid, seen.orphans.get(vid, set()))
+        root = tx.get(vid, attr_suffix(v.root))
+        if root is not None and Attr.decode(root).nlink == 0 and vid != ROOT_VIEW:
+            continue  # a removed fork root the kernel has not forgotten yet
+        _check_tree(tx, r, vid, v, views, seen.orphans.get(vid, set()))
+    check_agents(tx, r.problems)
+
+
+def _load_views(tx: Tx, r: Report) -> dict[int, ViewDef]:
+    views: dict[int, ViewDef] = {}
+    for k, raw in tx.txn.scan(*keys.VIEW.span()):
+        if len(k) != keys.VIEW.min_len:
+            continue  # _check_key names it
+        vid = keys.parse_view_id(k)
+        try:
+            views[vid] = ViewDef.decode(vid, raw)
+        except Exception as e:  # noqa: BLE001 - report, don't crash
+            r.problems.append(f"view key {k.hex()}: undecodable ({e})")
+    return views
+
+
+# ---------------------------------------------------------------- one key at a time
+
+
+def _check_key(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
+    """The checks that need only this key (and the views): its kind, length,
+    view, and what its kind's checker says."""
+    p = keys.prefix_of(k)
+    if p is None:
+        r.problems.append(f"key {k.hex()}: unknown prefix {keys.tag_of(k)!r} "
+                          "(not in the key table)")
+        return
+    if len(k) < p.min_len or (p.max_len is not None and len(k) > p.max_len):
+        r.problems.append(f"{p.name} key {k.hex()}: {len(k)} bytes do not fit its layout "
+                          f"{p.layout}")
+        return
+    if p.scope == "view" and keys.parse_view_id(k) not in seen.views:
+        if p is not keys.VIEW:  # an undecodable definition is reported by _load_views
+            r.problems.append(f"{p.name} key {k.hex()} in missing view "
+                              f"{keys.parse_view_id(k)}")
+        return
+    checker = _KEY_CHECKS.get(p.tag)
+    if checker is not None:
+        checker(tx, r, seen, k, raw)
+
+
+def _check_meta_key(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
+    name = keys.parse_meta(k)
+    if name not in keys.META_NAMES:
+        r.problems.append(f"unknown metadata key {name!r}")
+    elif name == "next_view" and tx.store.next_view <= max(seen.views):
+        r.problems.append(f"metadata next_view {tx.store.next_view} is not above view "
+                          f"{max(seen.views)}")
+
+
+def _check_pin(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
+    vid, epoch, holder = keys.parse_pin(k)
+    seen.pins.setdefault(vid, set()).add((epoch, holder))
+    if epoch >= seen.now:
+        r.problems.append(f"pin on view {vid} at future epoch {epoch} (now {seen.now})")
+    held = keys.parse_holder(holder)
+    if held is None:
+        r.problems.append(f"pin on view {vid} (epoch {epoch}) has a holder of no known "
+                          f"kind: {holder!r}")
+    elif held[0] == "view" and held[1] not in seen.views:
+        r.problems.append(f"pin on view {vid} held by missing view {held[1]} ({holder!r})")
+
+
+def _check_snapshot(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
+    vid, dir_local, name = keys.parse_snapshot(k)
+    if not seen.live(vid):
+        return
+    where = f"snapshot {name!r} of directory {dir_local} in view {vid}"
+    sv = _view_named_by(r, seen, where, raw)
+    if sv is not None and (sv.kind != "snapshot" or sv.container != vid
+                           or sv.root != dir_local):
+        r.problems.append(f"{where} names view {sv.id}, a {sv.kind} of directory {sv.root} "
+                          f"contained by {sv.container}")
+
+
+def _view_named_by(r: Report, seen: _Seen, where: str, raw: bytes) -> ViewDef | None:
+    """The existing view a u32 value names; None (and the problem said) if none."""
+    if len(raw) != 4:
+        r.problems.append(f"{where}: value {raw.hex()} is not a view id")
+        return None
+    v = seen.views.get(keys.read_u32(raw))
+    if v is None:
+        r.problems.append(f"{where} names missing view {keys.read_u32(raw)}")
+    return v
+
+
+def _check_orphan_key(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
+    vid, local = keys.parse_orphan(k)
+    seen.orphans.setdefault(vid, set()).add(local)
+
+
+def _check_record(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
+    r.records += 1
+    b = birth_of(k)
+    if b > seen.now:
+        r.problems.append(f"record {k.hex()} born at {b}, after now ({seen.now})")
+    last = seen.last_record
+    if last and keys.version_base(k) == keys.version_base(last) and birth_of(last) <= b:
+        r.problems.append(f"record {k.hex()}: versions out of order")
+    seen.last_record = k
+
+
+def _check_contained(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
+    vid, inner = keys.parse_contained(k)
+    seen.contained.add((vid, inner))
+    if not seen.live(vid):
+        return  # a dead view's containment goes with it
+    iv = seen.views.get(inner)
+    if iv is None:
+        r.problems.append(f"view {vid} contains missing view {inner}")
+    elif iv.container != vid:
+        r.problems.append(f"view {vid} contains view {inner}, whose container is "
+                          f"{iv.container}")
+    elif iv.kind == "dead":
+        r.problems.append(f"live view {vid} still contains dead view {inner}")
+
+
+def _check_nested_copy(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
+    vid, inner = keys.parse_nested_copy(k)
+    if not seen.live(vid):
+        return
+    where = f"view {vid}'s copy of nested view {inner}"
+    if inner not in seen.views:
+        r.problems.append(f"{where}: view {inner} is missing")
+    copy = _view_named_by(r, seen, where, raw)
+    if copy is not None and copy.container != vid:
+        r.problems.append(f"{where} is view {copy.id}, contained by {copy.container}")
+
+
+_KEY_CHECKS = {
+    keys.META.tag: _check_meta_key,
+    keys.PIN.tag: _check_pin,
+    keys.SNAPSHOT.tag: _check_snapshot,
+    keys.ORPHAN.tag: _check_orphan_key,
+    keys.RECORD.tag: _check_record,
+    keys.CONTAINED.tag: _check_contained,
+    keys.NESTED_COPY.tag: _check_nested_copy,
+}
+
+
+# ---------------------------------------------------------------- across keys
+
+
+def _check_views(tx: Tx, r: Report, seen: _Seen) -> None:
+    views, now = seen.views, seen.now
     for vid, v in views.items():
         for ovid, limit in v.chain:
             if ovid not in views:
                 r.problems.append(f"view {vid}: origin view {ovid} is missing")
             elif limit >= now:
                 r.problems.append(f"view {vid}: origin {ovid} limit {limit} not in the past")
-        if v.kind != "dead":
-            for origin, limit in v.chain:
-                if (limit, b"v" + u32(vid)) not in pins.get(origin, set()):
-                    r.problems.append(f"view {vid}: holds no pin on chain level {origin}@{limit}")
-    for k, _ in txn.scan(b"G", b"H"):
-        if codec.read_u32(k, 1) not in views:
-            r.problems.append(f"gc queue names missing view {codec.read_u32(k, 1)}")
-    # Raw records: decodable key, existing view, born in the past.
-    last = b""
-    for k, _ in txn.scan(b"R", b"S"):
-        r.records += 1
-        vid = codec.read_u32(k, 1)
-        if vid not in views:
-            r.problems.append(f"record {k.hex()} in missing view {vid}")
-        b = birth_of(k)
-        if b > now:
-            r.problems.append(f"record {k.hex()} born at {b}, after now ({now})")
-        if k[:-8] == last[:-8] and birth_of(last) <= b:
-            r.problems.append(f"record {k.hex()}: versions out of order")
-        last = k
-    for vid, v in views.items():
         if v.kind == "dead":
             continue
-        root = tx.get(vid, attr_suffix(v.root))
-        if root is not None and Attr.decode(root).nlink == 0 and vid != ROOT_VIEW:
-            continue  # a removed fork root the kernel has not forgotten yet
-        _check_tree(tx, r, vid, v, views)
+        for origin, limit in v.chain:
+            if (limit, keys.view_holder(vid)) not in seen.pins.get(origin, set()):
+                r.problems.append(f"view {vid}: holds no pin on chain level {origin}@{limit}")
+        if vid == ROOT_VIEW:
+            continue
+        if (v.container, vid) not in seen.contained:
+            r.problems.append(f"view {vid}: its container {v.container} does not list it "
+                              "as contained")
+        if not seen.live(v.container):
+            r.problems.append(f"live view {vid} is contained by dead or missing view "
+                              f"{v.container}")
 
 
-def _check_tree(tx: Tx, r: Report, vid: int, v: ViewDef,
-                views: dict[int, ViewDef]) -> None:
+def _check_turn_holders(tx: Tx, r: Report, seen: _Seen) -> None:
+    """A turn holder t<view> pins for the turns of the agent of `view`: that
+    view must still have turn records, or the history that forks read them by."""
+    holders = {h for pins in seen.pins.values() for _, h in pins}
+    for holder in sorted(holders):
+        held = keys.parse_holder(holder)
+        if held is None or held[0] != "turns":
+            continue
+        vid = held[1]
+        has_turns = tx.txn.first(*keys.span(keys.turn_prefix(vid))) is not None
+        if not has_turns and tx.txn.get(keys.history(vid)) is None:
+            r.problems.append(f"pins held for the turns of view {vid} ({holder!r}), which "
+                              "has no turn records and no history")
+
+
+def _check_orphans(tx: Tx, r: Report, vid: int, orphans: set[int]) -> None:
+    for local in sorted(orphans):
+        raw = tx.get(vid, attr_suffix(local))
+        if raw is None:
+            r.problems.append(f"view {vid}: orphan {local} has no attributes")
+        elif Attr.decode(raw).nlink != 0:
+            r.problems.append(f"view {vid}: orphan {local} still has nlink "
+                              f"{Attr.decode(raw).nlink}")
+
+
+def _check_tree(tx: Tx, r: Report, vid: int, v: ViewDef, views: dict[int, ViewDef],
+                orphans: set[int]) -> None:
     links: dict[int, int] = {}
     seen: set[int] = set()
     stack: list[tuple[int, int | None]] = [(v.root, None)]
@@ -147,8 +348,8 @@ def _check_tree(tx: Tx, r: Report, vid: int, v: ViewDef,
                               f"{d.parent_view}/{d.parent_local}, but it is in {parent}")
         subdirs = 0
         for sub, draw in tx.scan(vid, dentry_dir_suffix(local)):
-            name = sub[8:-1]
-            if codec.read_u64(sub) != codec.name_hash(name):
+            h, name = keys.parse_dentry_tail(sub)
+            if h != keys.name_hash(name):
                 r.problems.append(f"view {vid}: entry {name!r} in {local} has a wrong hash")
             tview, tlocal, ttype = decode_dentry(draw)
             where = f"view {vid}: entry {name!r} in directory {local}"
@@ -181,7 +382,7 @@ def _check_tree(tx: Tx, r: Report, vid: int, v: ViewDef,
             r.problems.append(f"view {vid}: inode {tlocal} has nlink {t.nlink}, "
                               f"but {n} entries lead to it")
     if vid == ROOT_VIEW:
-        _check_unreachable(tx, r, vid, seen | set(links))
+        _check_unreachable(tx, r, vid, seen | set(links) | orphans)
 
 
 def _check_cross(tx: Tx, r: Report, vid: int, tview: int, tlocal: int, where: str,
@@ -195,7 +396,7 @@ def _check_cross(tx: Tx, r: Report, vid: int, tview: int, tlocal: int, where: st
         r.problems.append(f"{where} leads into dead view {tview}")
     if t.root != tlocal:
         r.problems.append(f"{where} leads to inode {tlocal}, not the root of view {tview}")
-    copied = tx.txn.get(b"m" + u32(vid) + u32(tview)) is not None
+    copied = tx.txn.get(keys.nested_copy(vid, tview)) is not None
     if not own and not copied and not any(ovid == t.container for ovid, _ in views[vid].chain):
         # An entry inherited from an origin leads into a view that origin contains.
         r.problems.append(f"{where} leads into view {tview} contained by {t.container}")
@@ -204,7 +405,7 @@ def _check_cross(tx: Tx, r: Report, vid: int, tview: int, tlocal: int, where: st
 def _check_file(tx: Tx, r: Report, vid: int, local: int, a: Attr, where: str) -> None:
     if a.is_link and a.target is None:
         r.problems.append(f"{where}: symlink without a target")
-    has_log = next(tx.scan(vid, codec.log_dir_suffix(local)), None) is not None
+    has_log = next(tx.scan(vid, keys.log_dir_suffix(local)), None) is not None
     if a.flags & codec.FLAG_LOG:
         r.problems.extend(logdata.check(tx, vid, local, a, where))
         if next(tx.scan(vid, block_dir_suffix(local)), None) is not None:
@@ -214,7 +415,7 @@ def _check_file(tx: Tx, r: Report, vid: int, local: int, a: Attr, where: str) ->
         r.problems.append(f"{where}: log records in a file that is not a log")
     stored = 0
     for sub, raw in tx.scan(vid, block_dir_suffix(local)):
-        bno = codec.read_u64(sub)
+        bno = keys.parse_block_tail(sub)
         stored += len(raw)
         if bno * BLOCK_SIZE >= max(a.size, 1) and raw:
             r.problems.append(f"{where}: block {bno} lies past the end (size {a.size})")
@@ -224,17 +425,10 @@ def _check_file(tx: Tx, r: Report, vid: int, local: int, a: Attr, where: str) ->
         r.problems.append(f"{where}: stored counter {a.stored} but blocks hold {stored} bytes")
 
 
-def _check_unreachable(tx: Tx, r: Report, vid: int, reachable: set[int]) -> None:
-    orphans = {codec.read_u64(k, 5) for k, _ in tx.txn.scan(b"O" + u32(vid),
-                                                             prefix_end(b"O" + u32(vid)))}
-    for local in orphans:
-        raw = tx.get(vid, attr_suffix(local))
-        if raw is not None and Attr.decode(raw).nlink != 0:
-            r.problems.append(f"orphan {local} still has nlink {Attr.decode(raw).nlink}")
+def _check_unreachable(tx: Tx, r: Report, vid: int, accounted: set[int]) -> None:
+    """Every inode of the view is reachable from its root or an orphan."""
     for sub, raw in tx.scan(vid, b""):
-        if sub[8:9] != KIND_ATTR:
-            continue
-        local = codec.read_u64(sub)
-        if local not in reachable and local not in orphans:
+        local, kind = keys.parse_suffix(sub)
+        if kind == KIND_ATTR and local not in accounted:
             r.problems.append(f"view {vid}: inode {local} is unreachable and not an orphan "
                               f"(nlink {Attr.decode(raw).nlink})")

@@ -94,6 +94,7 @@ class AgentFiles:
         self.contexts = Contexts(self.agents)
         # pid -> (agent view, process start time): recursive removers refused there.
         self.removers: dict[int, tuple[int, int]] = {}
+        self.agents.adopt_old_records()
         dropped = inbox.drop_staged(self.agents)
         self.dropped_at_start = dropped
 
@@ -148,7 +149,7 @@ class AgentFiles:
 
     # ------------------------------------------------------------ namespace
 
-    def lookup(self, parent: int, name: bytes) -> Attr | None:
+    def lookup(self, parent: int, name: bytes, pid: int = 0) -> Attr | None:
         if parent == ROOT_INO and name == b"AGENTS.md":
             return self.virtual_attr(GUIDE_INO)
         if parent & AGENT_FILE and parent >> 63 and parent & 0xFFFF == OBS_DIR_KIND:
@@ -164,7 +165,7 @@ class AgentFiles:
         if role is Role.ROOT and name == b"observations":
             return self.virtual_attr(agent_file_ino(a.view, OBS_DIR_KIND))
         if role is Role.ROOT and name in FILES:
-            return self.virtual_attr(agent_file_ino(a.view, FILES[name]))
+            return self.virtual_attr(agent_file_ino(a.view, FILES[name]), pid)
         if role is Role.INBOX and (name == b".wait" or name.startswith(b".wait-")):
             secs = DEFAULT_WAIT
             if name != b".wait":
@@ -177,7 +178,9 @@ class AgentFiles:
             return self.virtual_attr(wait_ino(a.view, secs))
         return None
 
-    def virtual_attr(self, ino: int) -> Attr:
+    def virtual_attr(self, ino: int, pid: int = 0) -> Attr:
+        """Attributes of a virtual file, with its real size (what a read by
+        `pid` would return now), so that tar, rsync and cp copy it whole."""
         if ino == GUIDE_INO:
             root = self.fs.getattr(ROOT_INO)
             return Attr(stat.S_IFREG | 0o444, 0, 0, size=len(GUIDE), atime_ns=root.ctime_ns,
@@ -189,8 +192,36 @@ class AgentFiles:
                                    self._observation(a, kind).size)
         if ino & AGENT_FILE and kind == OBS_DIR_KIND:
             return self._file_attr(root, ino, stat.S_IFDIR | 0o555)
-        writable = ino & AGENT_FILE and kind in (FILES[b"ctl"], FILES[b"parent"])
-        return self._file_attr(root, ino, stat.S_IFREG | (0o666 if writable else 0o444))
+        mode = stat.S_IFREG | (0o666 if self.writable(ino) else 0o444)
+        size = 0
+        if ino & AGENT_FILE:
+            try:
+                size = len(self.content(ino, pid))
+            except FsError:
+                pass  # (reading it says why)
+        return self._file_attr(root, ino, mode, size)
+
+    @staticmethod
+    def writable(ino: int) -> bool:
+        """Only an agent's `ctl` and `parent` take writes among the generated files."""
+        return bool(ino & AGENT_FILE) and not ino & (WAIT_FILE | OBS_FILE) \
+            and ino & 0xFFFF in (FILES[b"ctl"], FILES[b"parent"])
+
+    def describe(self, ino: int) -> str:
+        """The path of a virtual file, for messages."""
+        if ino == GUIDE_INO:
+            return "AGENTS.md"
+        try:
+            a, kind = self._decode(ino)
+        except FsError:
+            return "this file"
+        if ino & OBS_FILE:
+            return f"agents/{a.name}/observations/{self._observation(a, kind).id}"
+        if ino & WAIT_FILE:
+            return f"agents/{a.name}/inbox/.wait"
+        if kind == OBS_DIR_KIND:
+            return f"agents/{a.name}/observations"
+        return f"agents/{a.name}/{KIND_NAMES[kind].decode()}"
 
     @staticmethod
     def _file_attr(root: Attr, ino: int, mode: int, size: int = 0) -> Attr:
@@ -272,8 +303,7 @@ class AgentFiles:
         try:
             a = self.agents.spawn(name, spawner, uid, gid)
         except FsError as e:
-            self.errors.record(pid, f"mkdir agents/{name.decode(errors='replace')}: {e.message}")
-            raise
+            raise e.within(f"mkdir agents/{name.decode(errors='replace')}")
         return self.fs.getattr(a.root_ino)
 
     def create(self, parent: int, name: bytes, pid: int, uid: int, gid: int,
@@ -285,9 +315,7 @@ class AgentFiles:
         try:
             attr = inbox.stage_message(self.agents, a, name, nonce, uid, gid)
         except FsError as e:
-            self.errors.record(pid, f"agents/{a.name}/inbox/{name.decode(errors='replace')}: "
-                               f"{e.message}")
-            raise
+            raise e.within(f"agents/{a.name}/inbox/{name.decode(errors='replace')}")
         return attr, (a, inbox.staged_name(name, nonce), self.sender(pid))
 
     def deliver(self, staged: tuple[Agent, bytes, str]) -> None:
@@ -324,9 +352,9 @@ class AgentFiles:
                 return True
         return False
 
-    def refuse(self, pid: int, code: int, message: str) -> FsError:
-        """The error to raise, its reason recorded for `errstr`."""
-        self.errors.record(pid, message)
+    @staticmethod
+    def refuse(pid: int, code: int, message: str) -> FsError:
+        """The error to raise (the daemon records its reason for `errstr`)."""
         return FsError(code, message)
 
     def check_removal(self, parent: int, name: bytes, pid: int) -> None:
@@ -370,11 +398,7 @@ class AgentFiles:
         r = self.role(ino)
         if r is None:
             return
-        try:
-            refuse_change(r[0], r[1], what)
-        except FsError as e:
-            self.errors.record(pid, e.message)
-            raise
+        refuse_change(r[0], r[1], what)
 
     # ------------------------------------------------------------ content
 
@@ -384,16 +408,18 @@ class AgentFiles:
 
     def append_lines(self, a: Agent, lines: list[bytes], pid: int) -> None:
         """Append the complete lines of one write(), each a turn, in one
-        transaction: all of them, or (EINVAL, reason in errstr) none."""
-        if not lines:
-            return
-        try:
+        transaction: all of them, or (EINVAL, with the reason) none."""
+        if lines:
             self.agents.append_lines(a.name, lines, view=a.view)
-        except ValueError as e:
-            self.errors.record(pid, f"agents/{a.name}/transcript: line refused: {e}"
-                               + (f" (none of the {len(lines)} lines of this write was "
-                                  "appended)" if len(lines) > 1 else ""))
-            raise FsError(errno.EINVAL, str(e))
+
+    def write(self, ino: int, offset: int, data: bytes) -> None:
+        """A write to a stored file: an agent's files keep their rules (config
+        is validated), any other file is plain data."""
+        r = self.role(ino)
+        if r is None:
+            self.fs.write(ino, offset, data)
+        else:
+            self.agents.write_file(r[0], r[1], offset, data)
 
     def content(self, ino: int, pid: int) -> bytes:
         """What reading a virtual agent file returns (fixed at open)."""
@@ -454,9 +480,7 @@ class AgentFiles:
                 return Result(f"{a.name}'s parent is {text}")
             return run_agent_command(self.agents, a, text)
         except FsError as e:
-            self.errors.record(pid, f"agents/{a.name}/{KIND_NAMES[kind].decode()}: {text}: "
-                               f"{e.message}")
-            raise
+            raise e.within(f"agents/{a.name}/{KIND_NAMES[kind].decode()}: {text}")
 
     def turn_snapshot(self, dir_ino: int, name: bytes) -> Attr | None:
         """`.snapshots/turn-N` of an agent: the agent as it was after turn N

@@ -16,7 +16,7 @@ import trio
 
 from agentfs.posix.fs import FileSystem
 from agentfs.storage import lock as storelock
-from agentfs.storage.gc import collect_steps
+from agentfs.storage.gc import collect_steps, queued
 from agentfs.storage.kv import LmdbEngine
 
 from .operations import Operations, invalidate_kernel_cache
@@ -138,7 +138,7 @@ def run_mount(mountpoint: str, store: Path, ready: callable | None = None,  # ty
             log.info("freed %d inodes unlinked while open before the last shutdown", freed)
         ops = Operations(fs, str(store), invalidate_kernel_cache, mountpoint)
         with fs.store.read() as tx:
-            ops.gc_wanted = tx.txn.first(b"G", b"H") is not None
+            ops.gc_wanted = queued(tx)
         try:
             pyfuse3.init(ops, mountpoint, mount_options(f"agentfs:{store}"))
         except RuntimeError as e:

@@ -46,8 +46,17 @@ CTL_FILES = {b"ctl": CTL_INO, b"errstr": ERRSTR_INO, b"lineage": LINEAGE_INO}
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+# Queries that fail routinely (a shell looking up $PATH, a probe for an xattr):
+# their "not found" is no news, and must not bury the reason a reader of
+# errstr is after.
+ROUTINE = {"lookup", "getattr", "getxattr", "listxattr", "readlink", "opendir", "readdir"}
+ROUTINE_ERRNOS = {errno.ENOENT, errno.ENODATA}
+
+
 def fuse_errors(fn: F) -> F:
-    """The one place errors become errnos: pyfuse3 only survives FUSEError."""
+    """The one place errors become errnos (pyfuse3 only survives FUSEError) and
+    reasons reach `errstr`: the reason of every FsError is recorded for the
+    requesting process (from the request context, or the file handle's opener)."""
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any, **kwargs: Any) -> Any:
@@ -63,9 +72,13 @@ def fuse_errors(fn: F) -> F:
         except pyfuse3.FUSEError:
             raise
         except FsError as e:
+            if not (fn.__name__ in ROUTINE and e.errno in ROUTINE_ERRNOS):
+                self.errors.record(self.requester(args, kwargs), e.message)
             raise pyfuse3.FUSEError(e.errno)
         except NoSpace:
             log.warning("store full: %s refused with ENOSPC", fn.__name__)
+            self.errors.record(self.requester(args, kwargs), f"{fn.__name__}: the store is "
+                               "full (ENOSPC); nothing of the operation was kept")
             raise pyfuse3.FUSEError(errno.ENOSPC)
         except Exception:
             log.exception("unexpected error in %s%r", fn.__name__, args)
@@ -91,14 +104,13 @@ def invalidate_kernel_cache(parent: int, name: bytes, removed: int) -> None:
 
 
 class Handle:
-    __slots__ = ("ino", "buf", "lines", "content", "flags", "pid", "message", "transcript",
+    __slots__ = ("ino", "lines", "content", "flags", "pid", "message", "transcript",
                  "listing")
 
     def __init__(self, ino: int, flags: int = 0, pid: int = 0) -> None:
         self.ino = ino
         self.flags = flags
         self.pid = pid  # who opened it: write() has no request context
-        self.buf = b""  # errstr's text, fixed at open
         self.lines = LineBuffer(CONTROL_LINE_MAX)  # control lines being written
         self.content: bytes | None = None  # what reads return, fixed at open (virtual files)
         self.message: tuple[Agent, bytes, str] | None = None  # an inbox message being written
@@ -130,6 +142,16 @@ class Operations(pyfuse3.Operations):
 
     # ----------------------------------------------------------- helpers
 
+    def requester(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        """The pid a request came from: its context, or its file handle's opener
+        (read, write, flush and fsync carry no context)."""
+        for a in (*args, *kwargs.values()):
+            if hasattr(a, "pid") and hasattr(a, "uid"):
+                return int(a.pid)
+        fh = kwargs.get("fh", args[0] if args else None)
+        h = self.handles.get(fh) if isinstance(fh, int) else None
+        return h.pid if h is not None else 0
+
     def _entry(self, a: Attr, timeout: float = ENTRY_TIMEOUT,
                entry_timeout: float | None = None) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -150,14 +172,25 @@ class Operations(pyfuse3.Operations):
         e.st_ctime_ns = a.ctime_ns
         return e
 
-    def _virtual_attr(self, ino: int) -> Attr:
+    def _ctl_content(self, ino: int, pid: int) -> bytes | None:
+        """What reading `.agentfs/errstr` or `.agentfs/lineage` returns (fixed at open)."""
+        if ino == ERRSTR_INO:
+            return self.errors.for_pid(pid).encode()
+        if ino == LINEAGE_INO:
+            # The fork/spawn tree as JSONL, each branch with its shared prefix.
+            return b"".join(json.dumps(r, sort_keys=True).encode() + b"\n"
+                            for r in self.agentfiles.agents.export())
+        return None
+
+    def _virtual_attr(self, ino: int, pid: int = 0) -> Attr:
         if AgentFiles.owns(ino):
-            return self.agentfiles.virtual_attr(ino)
+            return self.agentfiles.virtual_attr(ino, pid)
         root = self.fs.getattr(ROOT_INO)
         if ino in (CTL_INO, ERRSTR_INO, LINEAGE_INO):
             mode = stat.S_IFREG | (0o666 if ino == CTL_INO else 0o444)
-            return Attr(mode, 0, 0, nlink=1, atime_ns=root.ctime_ns, mtime_ns=root.ctime_ns,
-                        ctime_ns=root.ctime_ns, ino=ino)
+            size = len(self._status()) if ino == CTL_INO else len(self._ctl_content(ino, pid) or b"")
+            return Attr(mode, 0, 0, nlink=1, size=size, atime_ns=root.ctime_ns,
+                        mtime_ns=root.ctime_ns, ctime_ns=root.ctime_ns, ino=ino)
         if ino == CTLDIR_INO:
             return Attr(stat.S_IFDIR | 0o755, 0, 0, nlink=2, atime_ns=root.ctime_ns,
                         mtime_ns=root.ctime_ns, ctime_ns=root.ctime_ns, ino=ino)
@@ -199,7 +232,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> pyfuse3.EntryAttributes:
         if AgentFiles.owns(parent_inode):
-            found = self.agentfiles.lookup(parent_inode, name)
+            found = self.agentfiles.lookup(parent_inode, name, ctx.pid)
             if found is None:
                 raise FsError(errno.ENOENT)
             return self._entry(found, 0)
@@ -207,7 +240,7 @@ class Operations(pyfuse3.Operations):
             if parent_inode == CTLDIR_INO:
                 if name not in CTL_FILES:
                     raise FsError(errno.ENOENT)
-                return self._entry(self._virtual_attr(CTL_FILES[name]), 0)
+                return self._entry(self._virtual_attr(CTL_FILES[name], ctx.pid), 0)
             if parent_inode not in self.snapdirs:
                 raise FsError(errno.ENOENT)
             turn = self.agentfiles.turn_snapshot(self.snapdirs[parent_inode], name)
@@ -216,7 +249,7 @@ class Operations(pyfuse3.Operations):
             # Not cached: `unsnapshot` through the control file removes these.
             a = self.fs.snapshot_root(self.snapdirs[parent_inode], name)
             return self._counted(a, timeout=0)
-        special = self.agentfiles.lookup(parent_inode, name)
+        special = self.agentfiles.lookup(parent_inode, name, ctx.pid)
         if special is not None:
             return self._entry(special, 0)
         if name == SNAPDIR:
@@ -242,7 +275,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if inode & VIRTUAL:
-            return self._entry(self._virtual_attr(inode), 0)
+            return self._entry(self._virtual_attr(inode, ctx.pid), 0)
         return self._entry(self.fs.getattr(inode))
 
     @fuse_errors
@@ -380,22 +413,26 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
         if AgentFiles.owns(inode):
+            if writing and not self.agentfiles.writable(inode):
+                raise FsError(errno.EACCES, f"{self.agentfiles.describe(inode)} is generated "
+                              "by agentfs: read-only")
+            # Content first: a failure must leave no handle behind.
+            content = None if AgentFiles.is_wait(inode) else \
+                self.agentfiles.content(inode, ctx.pid)
             fh = self._new_fh(inode, flags, ctx.pid)
-            if not AgentFiles.is_wait(inode):
-                self.handles[fh].content = self.agentfiles.content(inode, ctx.pid)
+            self.handles[fh].content = content
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if inode & VIRTUAL:
             if inode not in (CTL_INO, ERRSTR_INO, LINEAGE_INO):
                 raise FsError(errno.EISDIR)
+            if writing and inode != CTL_INO:
+                name = "errstr" if inode == ERRSTR_INO else "lineage"
+                raise FsError(errno.EACCES, f".agentfs/{name} is generated by agentfs: "
+                              "read-only")
             fh = self._new_fh(inode, flags, ctx.pid)
-            if inode == ERRSTR_INO:
-                self.handles[fh].buf = self.errors.for_pid(ctx.pid).encode()
-            elif inode == LINEAGE_INO:
-                # The fork/spawn tree as JSONL, each branch with its shared prefix.
-                self.handles[fh].content = b"".join(
-                    json.dumps(r, sort_keys=True).encode() + b"\n"
-                    for r in self.agentfiles.agents.export())
+            self.handles[fh].content = self._ctl_content(inode, ctx.pid)
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC) and self.fs.is_readonly(inode):
             raise FsError(errno.EROFS, "snapshots are read-only")
@@ -419,7 +456,7 @@ class Operations(pyfuse3.Operations):
             a = self.fs.getattr(inode)
         if a.is_dir:
             raise FsError(errno.EISDIR)
-        return pyfuse3.FileInfo(fh=self._new_fh(inode, flags), keep_cache=True)
+        return pyfuse3.FileInfo(fh=self._new_fh(inode, flags, ctx.pid), keep_cache=True)
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -430,8 +467,6 @@ class Operations(pyfuse3.Operations):
             return h.content[off:off + size]
         if h.content is not None:
             return h.content[off:off + size]
-        if h.ino == ERRSTR_INO:
-            return h.buf[off:off + size]
         if h.ino == CTL_INO:
             return self._status().encode()[off:off + size]
         return self.fs.read(h.ino, off, size)
@@ -457,23 +492,21 @@ class Operations(pyfuse3.Operations):
                 h.lines.clear()  # the write failed: none of it stays pending
                 raise
             return len(buf)
-        self.fs.write(h.ino, off, buf)
+        self.agentfiles.write(h.ino, off, buf)
         return len(buf)
 
     def _lines(self, h: Handle, buf: bytes, what: str) -> list[bytes]:
         try:
             return h.lines.feed(buf)
         except FsError as e:
-            self.errors.record(h.pid, f"{what}: {e.message}")
-            raise
+            raise e.within(what)
 
     def _control(self, h: Handle, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
         try:
             result = run_command(self.agentfiles.agents, text)
         except FsError as e:
-            self.errors.record(h.pid, f"{text}: {e.message}")
-            raise
+            raise e.within(text.strip())
         self._done(result)
 
     def _done(self, result: Result) -> None:
@@ -507,9 +540,9 @@ class Operations(pyfuse3.Operations):
             self.agentfiles.deliver(staged)
         elif h.transcript is not None and h.lines:
             rest = h.lines.take()
-            self.errors.record(h.pid, f"agents/{h.transcript.name}/transcript: incomplete "
-                               f"line refused (no newline): {rest[:80]!r}")
-            raise FsError(errno.EINVAL, "incomplete transcript line")
+            raise FsError(errno.EINVAL, f"agents/{h.transcript.name}/transcript: incomplete "
+                          f"line refused at close (no newline; nothing of it was appended): "
+                          f"{rest[:80]!r}")
         elif h is not None and AgentFiles.owns(h.ino) and h.lines:
             self._done(self.agentfiles.control(h.ino, h.lines.take(), h.pid))
 
@@ -519,8 +552,8 @@ class Operations(pyfuse3.Operations):
             # The opener passed the descriptor on and closed before its heirs.
             try:
                 self._last_close(h)
-            except FsError:
-                pass  # release cannot fail; the reason is in errstr
+            except FsError as e:
+                self.errors.record(h.pid, e.message)  # release cannot fail: errstr says it
             except Exception:
                 log.exception("release(%d) failed", fh)
 

@@ -1,16 +1,16 @@
 """`agents/NAME/context.json` and `observations/`, rendered from the agent's files.
 
 Inputs are the agent's own files (`system`, `tools.json`, `prompt`,
-`transcript`, `config`, `notes/todo.md`); the compaction state is kept as an
-extended attribute of the agent's directory, so forks inherit it (copy on
-write) and a fork's rendering is byte-identical to its origin's up to the fork
-point. Stubs name observations relative to the agent's directory for the same
-reason: a path with the agent's name in it would differ between forks.
+`transcript`, `config`, `notes/todo.md`). Nothing else is kept: the
+compaction state follows from those inputs (`Renderer` decides it turn by
+turn), so reading `context.json` never writes, and a fork, whose transcript
+is its origin's up to the fork point, renders byte-identically there. Stubs
+name observations relative to the agent's directory for the same reason: a
+path with the agent's name in it would differ between forks.
 
 `Contexts` keeps one incremental `Renderer` per agent: each render reads
 only the transcript bytes appended since the last one, so the cost of a turn
-does not grow with the length of the conversation. `render_agent_context` is
-the from-scratch reference the tests compare it with.
+does not grow with the length of the conversation.
 """
 
 from __future__ import annotations
@@ -24,29 +24,49 @@ from typing import Any
 from agentfs.agents.model import Agent, Agents, Role
 from agentfs.agents.render import (
     CompactionState,
+    InvalidConfig,
     Observation,
     Policy,
     Renderer,
     extract_observations,
-    render,
+    validate_config,
 )
 from agentfs.errors import FsError
 
-STATE_XATTR = b"trusted.agentfs.compaction"
 OBSERVATION_BASE = "."  # stubs say ./observations/ID: the same in every fork
 
 
-def _read(agents: Agents, a: Agent, role: Role) -> bytes:
-    ino = a.ino(role)
-    return agents.fs.read(ino, 0, agents.fs.getattr(ino).size)
+# ---------------------------------------------------------------- reading, read-only
 
 
-def _todo(agents: Agents, a: Agent) -> str | None:
+def _read_range(agents: Agents, ino: int, offset: int, size: int) -> bytes:
+    """The one place a render reads file data. It never writes: a render is the
+    daemon's read, not the user's, so no atime is refreshed."""
+    return agents.fs.read(ino, offset, size, touch_atime=False)
+
+
+def _size(agents: Agents, ino: int) -> int:
+    return agents.fs.getattr(ino).size
+
+
+def _contents(agents: Agents, ino: int) -> bytes:
+    return _read_range(agents, ino, 0, _size(agents, ino))
+
+
+def _file(agents: Agents, a: Agent, role: Role) -> bytes:
+    return _contents(agents, a.ino(role))
+
+
+def recitation(agents: Agents, a: Agent) -> str | None:
+    """The text of `notes/todo.md`, recited at the end of the body, if there is one."""
     try:
         ino = agents.fs.lookup(a.ino(Role.NOTES), b"todo.md").ino
     except FsError:
         return None
-    return agents.fs.read(ino, 0, agents.fs.getattr(ino).size).decode("utf-8", "replace")
+    return _contents(agents, ino).decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------- inputs
 
 
 def _tools(raw: bytes) -> list[dict[str, Any]]:
@@ -61,50 +81,66 @@ def _tools(raw: bytes) -> list[dict[str, Any]]:
 
 def _policy(raw: bytes) -> Policy:
     try:
-        return Policy.parse(raw.decode("utf-8", "replace"))
-    except ValueError as e:
-        raise FsError(errno.EINVAL, f"config: {e}")
+        return validate_config(raw)
+    except InvalidConfig as e:
+        raise FsError(errno.EINVAL, e.reason)
 
 
-def _state(agents: Agents, a: Agent) -> CompactionState:
-    try:
-        return CompactionState.decode(agents.fs.getxattr(a.root_ino, STATE_XATTR).decode())
-    except FsError:
-        return CompactionState()
+@dataclass(frozen=True)
+class Inputs:
+    """What an agent's context is rendered from, besides the transcript and the todo."""
+
+    system: str
+    tools: list[dict[str, Any]]
+    prompt: str
+    policy: Policy
+
+    @classmethod
+    def parse(cls, system: bytes, tools: bytes, prompt: bytes, config: bytes) -> Inputs:
+        """Raises FsError(EINVAL) with a reason naming the file when tools.json
+        or config is not valid."""
+        return cls(system.decode("utf-8", "replace"), _tools(tools),
+                   prompt.decode("utf-8", "replace"), _policy(config))
+
+    def renderer(self) -> Renderer:
+        return Renderer(OBSERVATION_BASE, self.system, self.tools, self.prompt, self.policy)
 
 
-def _save_state(agents: Agents, a: Agent, old: CompactionState, new: CompactionState) -> None:
-    if new != old:
-        agents.fs.setxattr(a.root_ino, STATE_XATTR, new.encode().encode())
+def _raw_inputs(agents: Agents, a: Agent) -> tuple[bytes, bytes, bytes, bytes]:
+    return (_file(agents, a, Role.SYSTEM), _file(agents, a, Role.TOOLS),
+            _file(agents, a, Role.PROMPT), _file(agents, a, Role.CONFIG))
 
 
-def agent_inputs(agents: Agents, a: Agent) -> tuple[str, list[dict], str, list[dict], Policy]:
-    system = _read(agents, a, Role.SYSTEM).decode("utf-8", "replace")
-    tools = _tools(_read(agents, a, Role.TOOLS))
-    prompt = _read(agents, a, Role.PROMPT).decode("utf-8", "replace")
-    lines = [json.loads(x) for x in _read(agents, a, Role.TRANSCRIPT).splitlines() if x]
-    return system, tools, prompt, lines, _policy(_read(agents, a, Role.CONFIG))
+def agent_inputs(agents: Agents, a: Agent) -> tuple[Inputs, list[dict[str, Any]]]:
+    """The agent's inputs and its transcript lines, read whole (for tests and tools;
+    `Contexts` reads the transcript incrementally)."""
+    lines = [json.loads(x) for x in _file(agents, a, Role.TRANSCRIPT).splitlines() if x]
+    return Inputs.parse(*_raw_inputs(agents, a)), lines
 
 
-def render_agent_context(agents: Agents, a: Agent) -> bytes:
-    """context.json rendered from scratch (the reference for `Contexts.render`)."""
-    system, tools, prompt, lines, policy = agent_inputs(agents, a)
-    state = _state(agents, a)
-    body, new_state = render(OBSERVATION_BASE, system, tools, prompt, lines,
-                             _todo(agents, a), policy, state)
-    _save_state(agents, a, state, new_state)
-    return body + b"\n"
+# ---------------------------------------------------------------- the cache
 
 
 @dataclass
 class _Incremental:
     """What has been read of one agent's transcript, rendered incrementally."""
 
-    inputs: tuple[bytes, bytes, bytes, bytes]  # system, tools, prompt, config as rendered
-    policy: Policy
+    raw: tuple[bytes, bytes, bytes, bytes]  # system, tools, prompt, config as read
+    inputs: Inputs
     renderer: Renderer
     offset: int = 0  # transcript bytes consumed (always whole lines)
     observations: list[Observation] = field(default_factory=list)
+
+    def catch_up(self, new: bytes) -> None:
+        """Append the whole lines at the start of `new`, the transcript from `offset`."""
+        end = new.rfind(b"\n") + 1  # lines are appended whole; never read half of one
+        threshold = self.inputs.policy.observation_threshold_bytes
+        for raw in new[:end].splitlines():
+            if raw:
+                line = json.loads(raw)
+                turn = self.renderer.append(line)
+                self.observations += extract_observations(turn, line, threshold)
+        self.offset += end
 
 
 class Contexts:
@@ -117,48 +153,37 @@ class Contexts:
         self.max_bytes = max_bytes  # transcript bytes held (about twice that in memory)
         self._cache: OrderedDict[int, _Incremental] = OrderedDict()
 
-    def _inputs(self, a: Agent) -> tuple[bytes, bytes, bytes, bytes]:
-        return (_read(self.agents, a, Role.SYSTEM), _read(self.agents, a, Role.TOOLS),
-                _read(self.agents, a, Role.PROMPT), _read(self.agents, a, Role.CONFIG))
-
     def _current(self, a: Agent) -> _Incremental:
         """The agent's renderer, brought up to the end of its transcript."""
-        inputs = self._inputs(a)
+        raw = _raw_inputs(self.agents, a)
+        transcript = a.ino(Role.TRANSCRIPT)
+        size = _size(self.agents, transcript)
         inc = self._cache.get(a.view)
-        fs = self.agents.fs
-        t = a.ino(Role.TRANSCRIPT)
-        size = fs.getattr(t).size
-        if inc is None or inc.inputs != inputs or size < inc.offset:
-            system, tools, prompt, config = inputs
-            policy = _policy(config)
-            inc = _Incremental(inputs, policy, Renderer(
-                OBSERVATION_BASE, system.decode("utf-8", "replace"), _tools(tools),
-                prompt.decode("utf-8", "replace"), policy))
-        self._cache[a.view] = inc
-        self._cache.move_to_end(a.view)
+        if inc is None or inc.raw != raw or size < inc.offset:
+            inputs = Inputs.parse(*raw)
+            inc = _Incremental(raw, inputs, inputs.renderer())
+        self._keep(a.view, inc)
+        if size > inc.offset:
+            inc.catch_up(_read_range(self.agents, transcript, inc.offset, size - inc.offset))
+        return inc
+
+    def _keep(self, view: int, inc: _Incremental) -> None:
+        """Cache `inc` as the most recent, evicting the least recent over the limits."""
+        self._cache[view] = inc
+        self._cache.move_to_end(view)
         while len(self._cache) > self.capacity or (
                 len(self._cache) > 1
                 and sum(x.offset for x in self._cache.values()) > self.max_bytes):
             self._cache.popitem(last=False)
-        if size > inc.offset:
-            new = fs.read(t, inc.offset, size - inc.offset)
-            end = new.rfind(b"\n") + 1  # lines are appended whole; never read half of one
-            threshold = inc.policy.observation_threshold_bytes
-            for raw in new[:end].splitlines():
-                if raw:
-                    line = json.loads(raw)
-                    turn = inc.renderer.append(line)
-                    inc.observations += extract_observations(turn, line, threshold)
-            inc.offset += end
-        return inc
 
     def render(self, a: Agent) -> bytes:
-        """context.json: the same bytes as render_agent_context, incrementally."""
+        """context.json: the body and a newline. Reads only."""
         inc = self._current(a)
-        state = _state(self.agents, a)
-        body, new_state = inc.renderer.render(_todo(self.agents, a), state)
-        _save_state(self.agents, a, state, new_state)
-        return body + b"\n"
+        return inc.renderer.render(recitation(self.agents, a)) + b"\n"
+
+    def compaction(self, a: Agent) -> CompactionState:
+        """The agent's compaction state (stubbing point and compaction turns)."""
+        return self._current(a).renderer.state
 
     def observations(self, a: Agent) -> list[Observation]:
         """The agent's observations (bulky tool results), in transcript order."""

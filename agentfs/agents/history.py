@@ -21,14 +21,9 @@ from dataclasses import dataclass
 
 from agentfs.errors import FsError
 from agentfs.posix.forks import Tree
-from agentfs.storage import codec
-from agentfs.storage.codec import u32
-from agentfs.storage.kv import prefix_end
+from agentfs.storage import codec, keys
 
-
-def turn_holder(view: int) -> bytes:
-    """Who holds an agent's per-turn pins (on its view and the forks nested in it)."""
-    return b"t" + u32(view)
+turn_holder = keys.turn_holder
 
 
 @dataclass
@@ -48,32 +43,20 @@ class Lineage:
         return cls(int(f[1]), int(f[2]))
 
 
-def _lineage_key(view: int) -> bytes:
-    return b"H" + u32(view)
-
-
-def _turn_key(view: int, turn: int) -> bytes:
-    return b"T" + u32(view) + u32(turn)
-
-
-def _turn_prefix(view: int) -> bytes:
-    return b"T" + u32(view)
-
-
 def begin(t: Tree, view: int, origin_view: int = 0, origin_turn: int = 0) -> None:
     """Start the history of a new agent view (spawned, or forked at a turn)."""
-    t.tx.txn.put(_lineage_key(view), Lineage(origin_view, origin_turn).encode())
+    t.tx.txn.put(keys.history(view), Lineage(origin_view, origin_turn).encode())
 
 
 def lineage(t: Tree, view: int) -> Lineage | None:
-    raw = t.tx.txn.get(_lineage_key(view))
+    raw = t.tx.txn.get(keys.history(view))
     return None if raw is None else Lineage.decode(raw)
 
 
 def record_turn(t: Tree, view: int, turn: int, transcript_size: int) -> int:
     """Remember the agent's whole tree as it is now, as turn `turn`; returns the epoch."""
     epoch = t.pin_tree(view, turn_holder(view))
-    t.tx.txn.put(_turn_key(view, turn), codec.pack([epoch, transcript_size]))
+    t.tx.txn.put(keys.turn(view, turn), codec.pack([epoch, transcript_size]))
     return epoch
 
 
@@ -90,7 +73,7 @@ def turn_owner(t: Tree, view: int, turn: int) -> int:
 def turn_epoch(t: Tree, view: int, turn: int) -> tuple[int, int]:
     """(the view that owns turn `turn` of `view`'s history, the epoch of that turn)."""
     owner = turn_owner(t, view, turn)
-    raw = t.tx.txn.get(_turn_key(owner, turn))
+    raw = t.tx.txn.get(keys.turn(owner, turn))
     if raw is None:
         raise FsError(errno.ENOENT, f"turn {turn} was not recorded")
     rec = codec.unpack(raw)
@@ -101,11 +84,25 @@ def turn_epoch(t: Tree, view: int, turn: int) -> tuple[int, int]:
 def _needed_turns(t: Tree, view: int) -> int:
     """The highest turn of `view` that a history still depending on it inherited."""
     needed = 0
-    for _, raw in t.tx.txn.scan(b"H", b"I"):
+    for _, raw in t.tx.txn.scan(*keys.HISTORY.span()):
         h = Lineage.decode(raw)
         if h.origin_view == view:
             needed = max(needed, h.origin_turn)
     return needed
+
+
+def _bypass(t: Tree, view: int) -> None:
+    """Point the forks of removed view `view` that inherited only turns `view`
+    itself inherited straight at its origin: nothing of `view` is needed for
+    them, and gc may then drop it (its records with it) without breaking
+    their lineage."""
+    h = lineage(t, view)
+    if h is None or not h.origin_view:
+        return
+    for k, raw in list(t.tx.txn.scan(*keys.HISTORY.span())):
+        d = Lineage.decode(raw)
+        if d.origin_view == view and d.origin_turn <= h.origin_turn:
+            t.tx.txn.put(k, Lineage(h.origin_view, d.origin_turn).encode())
 
 
 def release(t: Tree, view: int, is_live: bool) -> None:
@@ -113,11 +110,11 @@ def release(t: Tree, view: int, is_live: bool) -> None:
     all but those its descendants inherited. Its lineage then covers no more
     than that, so its origin (if removed too) may need less in turn."""
     while view and not is_live:
+        _bypass(t, view)
         keep = _needed_turns(t, view)
-        prefix = _turn_prefix(view)
         dropped = set()
-        for k, raw in list(t.tx.txn.scan(prefix, prefix_end(prefix))):
-            if codec.read_u32(k, 5) > keep:
+        for k, raw in list(t.tx.txn.scan(*keys.span(keys.turn_prefix(view)))):
+            if keys.parse_turn(k)[1] > keep:
                 rec = codec.unpack(raw)
                 assert isinstance(rec, list)
                 dropped.add(int(rec[0]))
@@ -128,11 +125,11 @@ def release(t: Tree, view: int, is_live: bool) -> None:
             if h is None or h.origin_turn <= keep:
                 return  # what the origin must keep did not change
             h.origin_turn = keep
-            t.tx.txn.put(_lineage_key(view), h.encode())
+            t.tx.txn.put(keys.history(view), h.encode())
         else:
             t.release(turn_holder(view))
-            t.tx.txn.delete(_lineage_key(view))
+            t.tx.txn.delete(keys.history(view))
             if h is None:
                 return
         view = h.origin_view
-        is_live = t.tx.txn.get(b"a" + u32(view)) is not None
+        is_live = t.tx.txn.get(keys.agent_of_view(view)) is not None

@@ -17,27 +17,23 @@ from agentfs.agents.model import Agent, Agents, Role
 from agentfs.errors import FsError
 from agentfs.posix.forks import Tree
 from agentfs.posix.inodes import NAME_MAX, RENAME_NOREPLACE, check_name
-from agentfs.storage import codec
-from agentfs.storage.codec import Attr, split_ino, u32
+from agentfs.storage import codec, keys
+from agentfs.storage.codec import Attr, split_ino
 
 STAGED_PREFIX = b".in-"
 MESSAGE_RE = re.compile(rb"^(\d{6,})-")
 
 
-def _seq_key(view: int) -> bytes:
-    return b"Q" + u32(view)
-
-
 def _next_seq(t: Tree, a: Agent) -> int:
-    raw = t.tx.txn.get(_seq_key(a.view))
+    raw = t.tx.txn.get(keys.inbox_seq(a.view))
     if raw is not None:
-        return codec.read_u64(raw)
+        return keys.read_u64(raw)
     # First message since this view began (a fork inherits its origin's messages):
     # continue after the highest number present.
     high = 0
     view, local = split_ino(a.ino(Role.INBOX))
     for sub, _ in t.tx.scan(view, codec.dentry_dir_suffix(local)):
-        m = MESSAGE_RE.match(sub[8:-1])
+        m = MESSAGE_RE.match(keys.parse_dentry_tail(sub)[1])
         if m:
             high = max(high, int(m.group(1)))
     return high + 1
@@ -72,7 +68,7 @@ def deliver_message(agents: Agents, a: Agent, staged: bytes, sender: str) -> byt
         agents.live(t, a.name, a.view)
         seq = _next_seq(t, a)
         final = (b"%06d-%s+%s" % (seq, safe_sender(sender), original))[:NAME_MAX]
-        t.tx.txn.put(_seq_key(a.view), codec.u64(seq + 1))
+        t.tx.txn.put(keys.inbox_seq(a.view), keys.u64(seq + 1))
         t.move(inbox, staged, inbox, final, RENAME_NOREPLACE)
     return final
 

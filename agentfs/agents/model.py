@@ -29,11 +29,18 @@ import time
 from dataclasses import dataclass
 
 from agentfs.agents import history
-from agentfs.agents.render import InvalidLine, Policy, validate_line
+from agentfs.agents.render import (
+    InvalidConfig,
+    InvalidLine,
+    Policy,
+    validate_config,
+    validate_line,
+    validate_next,
+)
 from agentfs.errors import FsError
 from agentfs.posix.fs import ROOT_INO, FileSystem, Tree
-from agentfs.storage import codec
-from agentfs.storage.codec import Attr, attr_suffix, fuse_ino, split_ino, u32
+from agentfs.storage import codec, keys
+from agentfs.storage.codec import Attr, attr_suffix, fuse_ino, split_ino
 
 AGENTS_DIR = b"agents"
 NAME_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -109,20 +116,12 @@ def check_agent_name(name: bytes) -> str:
     return name.decode()
 
 
-def _agent_key(name: str) -> bytes:
-    return b"A" + name.encode()
-
-
-def _view_key(view: int) -> bytes:
-    return b"a" + u32(view)
-
-
 def _last_line(t: Tree, transcript: Attr) -> dict[str, object] | None:
     """The transcript's last line, parsed (each append is one whole line)."""
     if not transcript.size:
         return None
     view, local = split_ino(transcript.ino)
-    raw = t.tx.get(view, codec.log_suffix(local, transcript.size))
+    raw = t.tx.get(view, keys.log_suffix(local, transcript.size))
     if raw is None:  # not the end of one append: read the tail instead
         tail, _ = t.read(transcript.ino, max(0, transcript.size - (1 << 20)), 1 << 20)
         line = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
@@ -146,13 +145,13 @@ class Agents:
     # ------------------------------------------------------------ records
 
     def _get(self, t: Tree, name: str) -> Agent:
-        raw = t.tx.txn.get(_agent_key(name))
+        raw = t.tx.txn.get(keys.agent(name))
         if raw is None:
             raise FsError(errno.ENOENT, f"no agent named {name!r}")
         return Agent.decode(name, raw)
 
     def _put(self, t: Tree, a: Agent) -> None:
-        t.tx.txn.put(_agent_key(a.name), a.encode())
+        t.tx.txn.put(keys.agent(a.name), a.encode())
 
     def live(self, t: Tree, name: str, view: int) -> Agent:
         """Agent `name`, still the one living in `view` (ENOENT once removed)."""
@@ -171,7 +170,7 @@ class Agents:
             return None
 
     def _by_view(self, t: Tree, view: int) -> Agent | None:
-        raw = t.tx.txn.get(_view_key(view))
+        raw = t.tx.txn.get(keys.agent_of_view(view))
         return None if raw is None else self._get(t, raw.decode())
 
     def by_view(self, view: int) -> Agent | None:
@@ -193,7 +192,23 @@ class Agents:
 
     def all(self) -> list[Agent]:
         with self.fs.store.read() as tx:
-            return [Agent.decode(k[1:].decode(), raw) for k, raw in tx.txn.scan(b"A", b"B")]
+            return [Agent.decode(keys.parse_agent(k), raw)
+                    for k, raw in tx.txn.scan(*keys.agent_span())]
+
+    def adopt_old_records(self) -> int:
+        """Give agents from a store made before lineage records (H) theirs,
+        from the origin named in their agent record. Returns how many."""
+        with self.fs.transaction() as t:
+            n = 0
+            for k, raw in list(t.tx.txn.scan(*keys.agent_span())):
+                a = Agent.decode(keys.parse_agent(k), raw)
+                if history.lineage(t, a.view) is not None:
+                    continue
+                origin = t.tx.txn.get(keys.agent(a.origin)) if a.origin else None
+                origin_view = Agent.decode(a.origin, origin).view if origin else 0
+                history.begin(t, a.view, origin_view, a.origin_turn)
+                n += 1
+            return n
 
     def _agents_dir(self, t: Tree) -> int:
         """The inode of /agents, made inside this transaction if it is missing."""
@@ -214,7 +229,7 @@ class Agents:
 
     def _check_free(self, t: Tree, agents: int, name: bytes) -> str:
         sname = check_agent_name(name)
-        if t.tx.txn.get(_agent_key(sname)) is not None:
+        if t.tx.txn.get(keys.agent(sname)) is not None:
             raise FsError(errno.EEXIST, f"agent {sname!r} exists")
         if t.entry(agents, name) is not None:
             raise FsError(errno.EEXIST, f"agents/{sname} exists")
@@ -228,11 +243,11 @@ class Agents:
         with self.fs.transaction() as t:
             agents = self._agents_dir(t)
             sname = self._check_free(t, agents, name)
-            if parent and t.tx.txn.get(_agent_key(parent)) is None:
+            if parent and t.tx.txn.get(keys.agent(parent)) is None:
                 raise FsError(errno.ENOENT, f"parent agent {parent!r} does not exist")
             aview, alocal = split_ino(agents)
             v = t.tx.new_view([], Role.ROOT, False, aview, "agent", FIRST_FREE_LOCAL)
-            t.tx.txn.put(b"C" + u32(aview) + u32(v.id), b"")
+            t.tx.txn.put(keys.contained(aview, v.id), b"")
             root = Attr(stat.S_IFDIR | 0o755, uid, gid, nlink=2, atime_ns=now, mtime_ns=now,
                         ctime_ns=now, parent_view=aview, parent_local=alocal,
                         ino=fuse_ino(v.id, Role.ROOT))
@@ -255,7 +270,7 @@ class Agents:
             t.touch(d, now)
             agent = Agent(sname, v.id, parent, now, "spawn", "", 0, "idle", 0)
             self._put(t, agent)
-            t.tx.txn.put(_view_key(v.id), name)
+            t.tx.txn.put(keys.agent_of_view(v.id), name)
             history.begin(t, v.id)
             return agent
 
@@ -265,9 +280,9 @@ class Agents:
         with self.fs.transaction() as t:
             a = self._get(t, name)
             agents = self._agents_dir(t)
-            t.tx.txn.delete(_agent_key(name))
-            t.tx.txn.delete(_view_key(a.view))
-            t.tx.txn.delete(b"Q" + u32(a.view))
+            t.tx.txn.delete(keys.agent(name))
+            t.tx.txn.delete(keys.agent_of_view(a.view))
+            t.tx.txn.delete(keys.inbox_seq(a.view))
             if t.entry(agents, name.encode()) == a.root_ino:
                 t.detach(agents, name.encode())
             else:  # its directory was moved or is gone: the view goes all the same
@@ -285,19 +300,39 @@ class Agents:
         one transaction: every line is appended, or (ValueError/FsError) none.
         The agent's whole tree is remembered as it is after each turn. Returns
         the number of the last turn."""
-        parsed = [validate_line(line) for line in lines]
+        try:
+            parsed = [validate_line(line) for line in lines]
+            with self.fs.transaction() as t:
+                a = self._get(t, name) if view is None else self.live(t, name, view)
+                tr = t.attr(a.ino(Role.TRANSCRIPT))
+                prev = _last_line(t, tr)
+                for line, obj in zip(lines, parsed, strict=True):
+                    validate_next(prev, obj)
+                    t.write_data(tr, tr.size, line + b"\n")
+                    a.turns += 1
+                    history.record_turn(t, a.view, a.turns, tr.size)
+                    prev = obj
+                self._put(t, a)
+                return a.turns
+        except InvalidLine as e:
+            more = (f" (none of the {len(lines)} lines of this write was appended)"
+                    if len(lines) > 1 else "")
+            raise FsError(errno.EINVAL, f"agents/{name}/transcript: line refused: {e}{more}")
+
+    def write_file(self, a: Agent, role: Role, offset: int, data: bytes) -> Attr:
+        """A write to one of the agent's files, in one transaction. `config` must
+        still parse afterwards (EINVAL naming the key and its allowed values,
+        and nothing written): a typo would otherwise break context.json."""
         with self.fs.transaction() as t:
-            a = self._get(t, name) if view is None else self.live(t, name, view)
-            tr = t.attr(a.ino(Role.TRANSCRIPT))
-            prev = _last_line(t, tr)
-            for line, obj in zip(lines, parsed, strict=True):
-                check_follows(prev, obj)
-                t.write_data(tr, tr.size, line + b"\n")
-                a.turns += 1
-                history.record_turn(t, a.view, a.turns, tr.size)
-                prev = obj
-            self._put(t, a)
-            return a.turns
+            attr = t.write(a.ino(role), offset, data)
+            if role is Role.CONFIG:
+                content, _ = t.read(attr.ino, 0, attr.size)
+                try:
+                    validate_config(content)
+                except InvalidConfig as e:
+                    raise FsError(errno.EINVAL, f"agents/{a.name}/{e.reason} (the write was "
+                                  "refused; the file is as it was)")
+            return attr
 
     def turn_epoch(self, name: str, turn: int) -> tuple[int, int]:
         """(the view that owns turn `turn` of `name`'s history, its epoch)."""
@@ -332,7 +367,7 @@ class Agents:
             a = Agent(sname, view, parent or s.name, time.time_ns(), "fork", s.name,
                       turns, "idle", turns)
             self._put(t, a)
-            t.tx.txn.put(_view_key(view), dst)
+            t.tx.txn.put(keys.agent_of_view(view), dst)
             history.begin(t, view, s.view, turns)
             return a
 
@@ -383,30 +418,6 @@ def check_turn(a: Agent, turn: int) -> None:
     if not 1 <= turn <= a.turns:
         span = f"turns 1..{a.turns}" if a.turns else "no turns yet"
         raise FsError(errno.ENOENT, f"{a.name} has {span}, not {turn}")
-
-
-def check_follows(prev: dict[str, object] | None, line: dict[str, object]) -> None:
-    """A line must make sense after the previous one: tool results answer the
-    tool calls of the assistant line just before (the API refuses anything else,
-    and an append-only history could never recover)."""
-    from agentfs.agents import render
-
-    validate_next = getattr(render, "validate_next", None)
-    if validate_next is not None:
-        validate_next(prev, line)
-        return
-    content = line.get("content")
-    results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"] \
-        if isinstance(content, list) else []
-    if not results:
-        return
-    pc = prev.get("content") if prev is not None and prev.get("role") == "assistant" else None
-    calls = {b.get("id") for b in pc if isinstance(b, dict) and b.get("type") == "tool_use"} \
-        if isinstance(pc, list) else set()
-    for r in results:
-        if r.get("tool_use_id") not in calls:
-            raise InvalidLine(f"tool_result for {r.get('tool_use_id')!r} answers no tool_use "
-                              "of the assistant line just before")
 
 
 # ---------------------------------------------------------------- the agent's files

@@ -14,9 +14,8 @@ import os
 
 from agentfs.errors import FsError
 from agentfs.posix.inodes import ROOT_INO, SNAPDIR, Inodes, check_name
-from agentfs.storage import codec
-from agentfs.storage.codec import ROOT_VIEW, Attr, attr_suffix, fuse_ino, split_ino, u32
-from agentfs.storage.kv import prefix_end
+from agentfs.storage import codec, keys
+from agentfs.storage.codec import ROOT_VIEW, Attr, attr_suffix, fuse_ino, split_ino
 
 
 class Tree(Inodes):
@@ -25,19 +24,19 @@ class Tree(Inodes):
     def free_orphans(self) -> int:
         """Free every orphan (at mount: nothing is open any more)."""
         n = 0
-        for k, _ in list(self.tx.txn.scan(b"O", b"P")):
-            self.free(codec.read_u32(k, 1), codec.read_u64(k, 5))
+        for k, _ in list(self.tx.txn.scan(*keys.ORPHAN.span())):
+            self.free(*keys.parse_orphan(k))
             n += 1
         return n
 
     def forget(self, ino: int) -> None:
         """The kernel holds no more references: free the inode if it is unlinked."""
         view, local = split_ino(ino)
-        if self.tx.txn.get(codec.orphan_key(view, local)) is not None:
+        if self.tx.txn.get(keys.orphan(view, local)) is not None:
             self.free(view, local)
 
     def free(self, view: int, local: int) -> None:
-        self.tx.txn.delete(codec.orphan_key(view, local))
+        self.tx.txn.delete(keys.orphan(view, local))
         if not self.tx.view_exists(view) or self.tx.view(view).kind == "dead":
             return
         a = self.tx.get(view, attr_suffix(local))
@@ -50,9 +49,8 @@ class Tree(Inodes):
     def drop_dir_view(self, view: int, local: int) -> bool:
         """A removed directory takes its snapshots (and, if it was the root of a
         fork, the fork itself) with it. True if the whole view went."""
-        for k, raw in list(self.tx.txn.scan(codec.snap_prefix(view, local),
-                                       prefix_end(codec.snap_prefix(view, local)))):
-            self.kill_view(codec.read_u32(raw))
+        for k, raw in list(self.tx.txn.scan(*keys.span(keys.snapshot_prefix(view, local)))):
+            self.kill_view(keys.read_u32(raw))
             self.tx.txn.delete(k)
         v = self.tx.view(view)
         if v.root == local and view != ROOT_VIEW:
@@ -66,15 +64,15 @@ class Tree(Inodes):
         tree); only those mounted under directory `top` of the view if given
         (for "now" only: where a view sat at a past epoch is not tracked)."""
         e = self.tx.pin(view, holder, epoch)
-        for k, _ in list(self.tx.txn.scan(b"C" + u32(view), prefix_end(b"C" + u32(view)))):
-            inner = codec.read_u32(k, 5)
+        for k, _ in list(self.tx.txn.scan(*keys.span(keys.contained_prefix(view)))):
+            inner = keys.parse_contained(k)[1]
             if self.tx.view(inner).kind in ("dead", "snapshot"):
                 continue
             if top is not None and epoch is None and not self.mounted_under(view, top,
                                                                              inner):
                 continue
             if epoch is None or self.tx.is_pinned(inner, e):
-                self.tx.txn.put(codec.pin_key(inner, e, holder), b"")
+                self.tx.txn.put(keys.pin(inner, e, holder), b"")
                 self.tx.store._maxpin[inner] = max(self.tx.maxpin(inner), e)
                 self.pin_nested(inner, holder, e)
         return e
@@ -90,11 +88,11 @@ class Tree(Inodes):
             return True
 
     def pin_nested(self, view: int, holder: bytes, e: int) -> None:
-        for k, _ in list(self.tx.txn.scan(b"C" + u32(view), prefix_end(b"C" + u32(view)))):
-            inner = codec.read_u32(k, 5)
+        for k, _ in list(self.tx.txn.scan(*keys.span(keys.contained_prefix(view)))):
+            inner = keys.parse_contained(k)[1]
             if self.tx.view(inner).kind in ("dead", "snapshot"):
                 continue
-            self.tx.txn.put(codec.pin_key(inner, e, holder), b"")
+            self.tx.txn.put(keys.pin(inner, e, holder), b"")
             self.tx.store._maxpin[inner] = max(self.tx.maxpin(inner), e)
             self.pin_nested(inner, holder, e)
 
@@ -106,16 +104,16 @@ class Tree(Inodes):
         while released:
             v = released.pop()
             if self.tx.view_exists(v) and self.tx.view(v).kind == "dead" and not self.tx.pins(v):
-                released |= self._unpin_holder(b"v" + u32(v), None)
+                released |= self._unpin_holder(keys.view_holder(v), None)
 
     def _unpin_holder(self, holder: bytes, epochs: set[int] | None) -> set[int]:
         if epochs is None:
             return self.tx.release_holder(holder)
         released = set()
-        for k, _ in list(self.tx.txn.scan(b"P", b"Q")):
-            if k[13:] == holder and codec.read_u64(k, 5) in epochs:
-                vid = codec.read_u32(k, 1)
-                self.tx.unpin(vid, codec.read_u64(k, 5), holder)
+        for k, _ in list(self.tx.txn.scan(*keys.PIN.span())):
+            vid, epoch, h = keys.parse_pin(k)
+            if h == holder and epoch in epochs:
+                self.tx.unpin(vid, epoch, holder)
                 released.add(vid)
         return released
 
@@ -146,7 +144,7 @@ class Tree(Inodes):
         sv = self.tx.view(sview)
         chain = self.tx.levels(sview)
         vid = self.tx.store.next_view
-        holder = b"v" + u32(vid)
+        holder = keys.view_holder(vid)
         if sv.readonly:
             # A fork of a snapshot: same frozen state, writable.
             if epoch is not None:
@@ -160,7 +158,7 @@ class Tree(Inodes):
         nv = self.tx.new_view(new_chain, slocal, False, split_ino(dst_dir)[0], "fork",
                          self.tx.peek_next_ino(sview))
         assert nv.id == vid
-        self.tx.txn.put(b"C" + u32(split_ino(dst_dir)[0]) + u32(vid), b"")
+        self.tx.txn.put(keys.contained(split_ino(dst_dir)[0], vid), b"")
         root_ino = fuse_ino(vid, slocal)
         root = self.attr(root_ino)  # as it was at the fork epoch
         now = self.clock()
@@ -183,7 +181,7 @@ class Tree(Inodes):
         view, local = split_ino(dir_ino)
         if self.tx.view(view).readonly:
             raise FsError(errno.EROFS, "cannot snapshot inside a snapshot")
-        key = codec.snap_prefix(view, local) + name
+        key = keys.snapshot(view, local, name)
         if self.tx.txn.get(key) is not None:
             raise FsError(errno.EEXIST, "snapshot exists")
         sview, slocal = (view, local) if source is None else split_ino(source)
@@ -191,40 +189,39 @@ class Tree(Inodes):
             raise FsError(errno.EINVAL, "a snapshot of another tree needs its epoch")
         sv = self.tx.view(sview)
         vid = self.tx.store.next_view
-        e = self.pin_tree(sview, b"v" + u32(vid), epoch, top=slocal)
+        e = self.pin_tree(sview, keys.view_holder(vid), epoch, top=slocal)
         nv = self.tx.new_view([(sview, e), *sv.chain], slocal, True, view, "snapshot",
                               self.tx.peek_next_ino(sview))
-        self.tx.txn.put(b"C" + u32(view) + u32(nv.id), b"")
-        self.tx.txn.put(key, u32(nv.id))
+        self.tx.txn.put(keys.contained(view, nv.id), b"")
+        self.tx.txn.put(key, keys.u32(nv.id))
         return self.attr(fuse_ino(nv.id, slocal))
 
     def snapshots(self, dir_ino: int) -> list[tuple[bytes, Attr]]:
         """Named snapshots of directory `dir_ino`, with their roots."""
         self.dir(dir_ino)
         view, local = split_ino(dir_ino)
-        p = codec.snap_prefix(view, local)
         out = []
-        for k, raw in self.tx.txn.scan(p, prefix_end(p)):
-            sv = self.tx.view(codec.read_u32(raw))
-            out.append((k[len(p):], self.attr(fuse_ino(sv.id, sv.root))))
+        for k, raw in self.tx.txn.scan(*keys.span(keys.snapshot_prefix(view, local))):
+            sv = self.tx.view(keys.read_u32(raw))
+            out.append((keys.parse_snapshot(k)[2], self.attr(fuse_ino(sv.id, sv.root))))
         return out
 
     def snapshot_root(self, dir_ino: int, name: bytes) -> Attr:
         view, local = split_ino(dir_ino)
-        raw = self.tx.txn.get(codec.snap_prefix(view, local) + name)
+        raw = self.tx.txn.get(keys.snapshot(view, local, name))
         if raw is None:
             raise FsError(errno.ENOENT, "no such snapshot")
-        sv = self.tx.view(codec.read_u32(raw))
+        sv = self.tx.view(keys.read_u32(raw))
         return self.attr(fuse_ino(sv.id, sv.root))
 
     def delete_snapshot(self, dir_ino: int, name: bytes) -> None:
         view, local = split_ino(dir_ino)
-        key = codec.snap_prefix(view, local) + name
+        key = keys.snapshot(view, local, name)
         raw = self.tx.txn.get(key)
         if raw is None:
             raise FsError(errno.ENOENT, "no such snapshot")
         self.tx.txn.delete(key)
-        self.kill_view(codec.read_u32(raw))
+        self.kill_view(keys.read_u32(raw))
 
     def kill_view(self, vid: int) -> None:
         """Mark a view (and the views nested in it) dead; gc reclaims what they held.
@@ -237,11 +234,11 @@ class Tree(Inodes):
             return
         v.kind = "dead"  # (the cached definition: release sees it)
         # Deletions first: on a full store, this is how space comes back.
-        self.tx.txn.delete(b"C" + u32(v.container) + u32(vid))
-        for k, _ in list(self.tx.txn.scan(b"C" + u32(vid), prefix_end(b"C" + u32(vid)))):
-            self.kill_view(codec.read_u32(k, 5))
+        self.tx.txn.delete(keys.contained(v.container, vid))
+        for k, _ in list(self.tx.txn.scan(*keys.span(keys.contained_prefix(vid)))):
+            self.kill_view(keys.parse_contained(k)[1])
         if not self.tx.pins(vid):
-            self.release(b"v" + u32(vid))
+            self.release(keys.view_holder(vid))
         self.tx.save_view(v)
         self.tx.mark_dirty(vid)
 

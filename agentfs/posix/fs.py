@@ -108,9 +108,11 @@ class FileSystem:
             start = batch[-1].offset
             batch_size = 256
 
-    def read(self, ino: int, offset: int, size: int) -> bytes:
+    def read(self, ino: int, offset: int, size: int, touch_atime: bool = True) -> bytes:
+        """Bytes of a file; the atime follows relatime unless `touch_atime` is
+        False (the daemon's own reads, e.g. to render context.json, never write)."""
         data, stale_atime = self.query(lambda t: t.read(ino, offset, size))
-        if stale_atime:
+        if stale_atime and touch_atime:
             with self.transaction() as t:
                 t.touch_atime(ino)
         return data

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from agentfs.errors import FsError
 from agentfs.posix import logdata
-from agentfs.storage import codec
+from agentfs.storage import codec, keys
 from agentfs.storage.codec import (
     ROOT_LOCAL,
     ROOT_VIEW,
@@ -34,7 +34,6 @@ from agentfs.storage.codec import (
     encode_dentry,
     fuse_ino,
     split_ino,
-    u32,
     xattr_dir_suffix,
     xattr_suffix,
 )
@@ -161,27 +160,27 @@ class Inodes:
         for lv, llim in levels[:level]:
             if lv == view:
                 continue
-            raw = self.tx.txn.get(b"m" + u32(lv) + u32(tview))
-            if raw is not None and self.tx.view(codec.read_u32(raw)).created <= llim:
-                source, limit = codec.read_u32(raw), llim
+            raw = self.tx.txn.get(keys.nested_copy(lv, tview))
+            if raw is not None and self.tx.view(keys.read_u32(raw)).created <= llim:
+                source, limit = keys.read_u32(raw), llim
                 break
         return fuse_ino(self.nested_copy(view, tview, source, limit), tlocal)
 
     def nested_copy(self, view: int, inner: int, source: int, limit: int) -> int:
         """This view's copy of nested view `inner`, made from `source` at `limit`."""
-        key = b"m" + u32(view) + u32(inner)
+        key = keys.nested_copy(view, inner)
         raw = self.tx.txn.get(key)
         if raw is not None:
-            return codec.read_u32(raw)
+            return keys.read_u32(raw)
         if not self.tx.writable:
             raise NeedWrite()
         w = self.tx.view(source)
         mine = self.tx.view(view)
         nv = self.tx.new_view([(source, limit), *w.chain], w.root, mine.readonly, view,
                          "snapshot" if mine.readonly else "fork", self.tx.peek_next_ino(source))
-        self.tx.pin(source, b"v" + u32(nv.id), limit)
-        self.tx.txn.put(key, u32(nv.id))
-        self.tx.txn.put(b"C" + u32(view) + u32(nv.id), b"")
+        self.tx.pin(source, keys.view_holder(nv.id), limit)
+        self.tx.txn.put(key, keys.u32(nv.id))
+        self.tx.txn.put(keys.contained(view, nv.id), b"")
         if not mine.first_birth:
             # Forks of this view must not skip it: it holds the copy.
             mine.first_birth = self.tx.store.epoch
@@ -191,8 +190,8 @@ class Inodes:
         if raw_root is not None:
             root = Attr.decode(raw_root)
             root.parent_view = view
-            self.tx.txn.put(b"R" + u32(nv.id) + attr_suffix(w.root) + codec.inv(self.tx.store.epoch),
-                       root.encode())
+            self.tx.txn.put(keys.record_version(nv.id, attr_suffix(w.root), self.tx.store.epoch),
+                            root.encode())
         return nv.id
 
     @staticmethod
@@ -250,9 +249,8 @@ class Inodes:
         self.dir(dir_ino)
         out = []
         prefix = dentry_dir_suffix(local)
-        for sub, raw in self.tx.scan(view, prefix, codec.u64(start + 1)):
-            h = codec.read_u64(sub)
-            name = sub[8:-1]
+        for sub, raw in self.tx.scan(view, prefix, keys.u64(start + 1)):
+            h, name = keys.parse_dentry_tail(sub)
             tview, tlocal, _ = decode_dentry(raw)
             level = 0 if tview == 0 else self.level_of(view, prefix + sub)
             child = self.target(view, level, tview, tlocal)
@@ -299,7 +297,7 @@ class Inodes:
     def listxattr(self, ino: int) -> list[bytes]:
         self.attr(ino)
         view, local = split_ino(ino)
-        return [sub[:-1] for sub, _ in self.tx.scan(view, xattr_dir_suffix(local))]
+        return [keys.parse_xattr_tail(sub) for sub, _ in self.tx.scan(view, xattr_dir_suffix(local))]
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
         self.attr(ino)
@@ -382,7 +380,7 @@ class Inodes:
         self.put_attr(a)
         if a.nlink == 0:
             # Freed when the kernel forgets it (it may still be open).
-            self.tx.txn.put(codec.orphan_key(*split_ino(a.ino)), b"")
+            self.tx.txn.put(keys.orphan(*split_ino(a.ino)), b"")
 
     def rmdir(self, dir_ino: int, name: bytes) -> None:
         self.check_rw(dir_ino)
@@ -405,7 +403,7 @@ class Inodes:
         a.nlink = 0
         a.ctime_ns = now
         self.put_attr(a)
-        self.tx.txn.put(codec.orphan_key(*split_ino(a.ino)), b"")
+        self.tx.txn.put(keys.orphan(*split_ino(a.ino)), b"")
 
     def check_empty(self, a: Attr) -> None:
         view, local = split_ino(a.ino)
@@ -456,7 +454,7 @@ class Inodes:
                 da.nlink = 0
                 da.ctime_ns = now
                 self.put_attr(da)
-                self.tx.txn.put(codec.orphan_key(*split_ino(da.ino)), b"")
+                self.tx.txn.put(keys.orphan(*split_ino(da.ino)), b"")
                 dd.nlink -= 1
             else:
                 self.drop_link(da, now)
@@ -553,7 +551,7 @@ class Inodes:
         view, local = split_ino(a.ino)
         if size < a.size:
             first_gone = -(-size // BLOCK_SIZE)  # blocks wholly past the new end
-            for sub, raw in list(self.tx.scan(view, block_dir_suffix(local), codec.u64(first_gone))):
+            for sub, raw in list(self.tx.scan(view, block_dir_suffix(local), keys.u64(first_gone))):
                 self.tx.remove(view, block_dir_suffix(local) + sub)
                 a.stored -= len(raw)
             bno, boff = divmod(size, BLOCK_SIZE)

@@ -1,50 +1,62 @@
-"""Key layout and record encoding.
-
-Keys are built so that LMDB's byte order is the order we need:
-
-    M<name>                                  global metadata (msgpack)
-    V<view:4>                                a view's definition
-    P<view:4><epoch:8><holder>               a pin: `holder` needs `view` as it was at `epoch`
-    S<view:4><dir:8><name>                   snapshot NAME of directory `dir` -> snapshot view
-    O<view:4><ino:8>                         an orphan: nlink 0, still open
-    R<view:4><ino:8><kind><sub><~epoch:8>    a versioned record of inode `ino`
-
-where `kind` is a (attributes), d (directory entry: name hash + name),
-b (data block: block number), l (log append: end offset) or x (xattr: name).
-
-Versioned records end with the bitwise-inverted epoch in which they were
-written (their birth), so for one record the newest version sorts first and a
-seek to `base + ~limit` lands on the newest version born at or before `limit`.
+"""Record encoding: the values agentfs stores (the keys are in keys.py).
 
 Values are msgpack arrays in a fixed field order, first field a format
 version; a tombstone (the record was deleted at that epoch) is the empty value.
+Fixed-width integers (u32 view ids, u64 counters) are big-endian, as in keys.
 """
 
 from __future__ import annotations
 
-import hashlib
 import stat
-import struct
 from dataclasses import dataclass, field
 
 import msgpack
 
-FORMAT = 1
-EPOCH_MAX = (1 << 64) - 1
+# The key layout used to live here. These names stay importable from codec
+# until posix/, agents/model.py and the tests import them from keys.
+# TODO(issue 7): import from agentfs.storage.keys everywhere, then drop this.
+from agentfs.storage import keys
+from agentfs.storage.keys import (  # noqa: F401
+    EPOCH_MAX,
+    KIND_ATTR,
+    KIND_BLOCK,
+    KIND_DENTRY,
+    KIND_LOG,
+    KIND_XATTR,
+    attr_suffix,
+    birth_of,
+    block_dir_suffix,
+    block_suffix,
+    dentry_dir_suffix,
+    dentry_suffix,
+    ino_suffix,
+    inv,
+    log_dir_suffix,
+    log_suffix,
+    name_hash,
+    read_u32,
+    read_u64,
+    u32,
+    u64,
+    xattr_dir_suffix,
+    xattr_suffix,
+)
 
-KIND_ATTR = b"a"
-KIND_DENTRY = b"d"
-KIND_BLOCK = b"b"
-KIND_XATTR = b"x"
-KIND_LOG = b"l"
+# The old names of the key builders, for the same modules.
+meta_key = keys.meta
+view_key = keys.view_def
+pin_key = keys.pin
+pin_prefix = keys.pin_prefix
+snap_prefix = keys.snapshot_prefix
+orphan_key = keys.orphan
+rec_prefix = keys.rec_prefix
+
+FORMAT = 1
 
 FLAG_LOG = 1
 """Attr.flags: the file is an append-only log (see logdata.py), not blocks."""
 
 TOMBSTONE = b""
-
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
 
 # A FUSE inode number packs (view, local inode): local numbers are 40 bits.
 LOCAL_BITS = 40
@@ -59,109 +71,6 @@ def fuse_ino(view: int, local: int) -> int:
 
 def split_ino(ino: int) -> tuple[int, int]:
     return (ino >> LOCAL_BITS) + 1, ino & LOCAL_MASK
-
-
-def u32(n: int) -> bytes:
-    return _U32.pack(n)
-
-
-def u64(n: int) -> bytes:
-    return _U64.pack(n)
-
-
-def read_u32(b: bytes, off: int = 0) -> int:
-    return int(_U32.unpack_from(b, off)[0])
-
-
-def read_u64(b: bytes, off: int = 0) -> int:
-    return int(_U64.unpack_from(b, off)[0])
-
-
-def inv(epoch: int) -> bytes:
-    return _U64.pack(EPOCH_MAX - epoch)
-
-
-def birth_of(key: bytes) -> int:
-    return EPOCH_MAX - read_u64(key, len(key) - 8)
-
-
-def name_hash(name: bytes) -> int:
-    """Stable 62-bit hash of a directory entry name; readdir offsets are these.
-
-    Offsets below 16 are reserved (0 = start, 1-2 for '.' and '..', the rest
-    for entries the daemon adds), so hashes start at 16.
-    """
-    h = int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big") >> 2
-    return h if h >= 16 else h + 16
-
-
-def meta_key(name: str) -> bytes:
-    return b"M" + name.encode()
-
-
-def view_key(view: int) -> bytes:
-    return b"V" + u32(view)
-
-
-def pin_prefix(view: int) -> bytes:
-    return b"P" + u32(view)
-
-
-def pin_key(view: int, epoch: int, holder: bytes) -> bytes:
-    return b"P" + u32(view) + u64(epoch) + holder
-
-
-def snap_prefix(view: int, dir_local: int) -> bytes:
-    return b"S" + u32(view) + u64(dir_local)
-
-
-def orphan_key(view: int, local: int) -> bytes:
-    return b"O" + u32(view) + u64(local)
-
-
-def rec_prefix(view: int) -> bytes:
-    return b"R" + u32(view)
-
-
-def ino_suffix(local: int) -> bytes:
-    return u64(local)
-
-
-def attr_suffix(local: int) -> bytes:
-    return u64(local) + KIND_ATTR
-
-
-def dentry_dir_suffix(local: int) -> bytes:
-    return u64(local) + KIND_DENTRY
-
-
-def dentry_suffix(local: int, name: bytes) -> bytes:
-    return u64(local) + KIND_DENTRY + u64(name_hash(name)) + name + b"\0"
-
-
-def block_suffix(local: int, blockno: int) -> bytes:
-    return u64(local) + KIND_BLOCK + u64(blockno)
-
-
-def block_dir_suffix(local: int) -> bytes:
-    return u64(local) + KIND_BLOCK
-
-
-def log_suffix(local: int, end: int) -> bytes:
-    """One append of a log file, keyed by the offset where it ends."""
-    return u64(local) + KIND_LOG + u64(end)
-
-
-def log_dir_suffix(local: int) -> bytes:
-    return u64(local) + KIND_LOG
-
-
-def xattr_suffix(local: int, name: bytes) -> bytes:
-    return u64(local) + KIND_XATTR + name + b"\0"
-
-
-def xattr_dir_suffix(local: int) -> bytes:
-    return u64(local) + KIND_XATTR
 
 
 def pack(obj: object) -> bytes:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from agentfs.storage import codec
-from agentfs.storage.codec import EPOCH_MAX, KIND_ATTR, TOMBSTONE, birth_of, u32
+from agentfs.storage import keys
+from agentfs.storage.codec import TOMBSTONE
+from agentfs.storage.keys import EPOCH_MAX, KIND_ATTR, birth_of
 from agentfs.storage.kv import prefix_end
 from agentfs.storage.views import Store, Tx
 
@@ -33,6 +34,11 @@ def collect(store: Store, everything: bool = False) -> dict[str, int]:
     return stats
 
 
+def queued(tx: Tx) -> bool:
+    """Is any view waiting for collection?"""
+    return tx.txn.first(*keys.GC_QUEUE.span()) is not None
+
+
 def collect_steps(store: Store, everything: bool = False,
                   stats: dict[str, int] | None = None) -> Iterator[None]:
     """Generator form: each step is one committed transaction."""
@@ -42,10 +48,8 @@ def collect_steps(store: Store, everything: bool = False,
     # copies is as deep as the forks were nested; MAX_PASSES bounds a surprise).
     for n in range(MAX_PASSES):
         with store.read() as tx:
-            if everything and n == 0:
-                queue = [codec.read_u32(k, 1) for k, _ in tx.txn.scan(b"V", b"W")]
-            else:
-                queue = [codec.read_u32(k, 1) for k, _ in tx.txn.scan(b"G", b"H")]
+            listed = keys.VIEW if everything and n == 0 else keys.GC_QUEUE
+            queue = [keys.parse_view_id(k) for k, _ in tx.txn.scan(*listed.span())]
         if not queue:
             return
         for vid in queue:
@@ -55,7 +59,7 @@ def collect_steps(store: Store, everything: bool = False,
                 with store.write() as tx:
                     resume = _collect_view(tx, vid, resume, stats)
                     if resume is None:
-                        tx.txn.delete(b"G" + u32(vid))
+                        tx.txn.delete(keys.gc_queue(vid))
                 yield
 
 
@@ -69,7 +73,7 @@ def _collect_view(tx: Tx, vid: int, start: bytes, stats: dict[str, int]) -> byte
         _drop_view(tx, vid)
         stats["dropped_views"] += 1
         return None
-    base = codec.rec_prefix(vid)
+    base = keys.rec_prefix(vid)
     end = prefix_end(base)
     seen = 0
     cursor = base + start
@@ -77,29 +81,29 @@ def _collect_view(tx: Tx, vid: int, start: bytes, stats: dict[str, int]) -> byte
         first = tx.txn.first(cursor, end)
         if first is None:
             return None
-        ino_prefix = first[0][: len(base) + 8]
-        versions = list(tx.txn.scan(ino_prefix, prefix_end(ino_prefix)))
-        stats["versions"] += _collect_inode(tx, v.chain != [], dead, pins, len(base), versions)
+        ino_prefix = keys.inode_prefix(first[0])
+        versions = list(tx.txn.scan(*keys.span(ino_prefix)))
+        stats["versions"] += _collect_inode(tx, v.chain != [], dead, pins, versions)
         seen += len(versions)
         cursor = prefix_end(ino_prefix)
         if seen >= BATCH:
             return cursor[len(base):]
 
 
-def _collect_inode(tx: Tx, has_lower: bool, dead: bool, pins: list[int], n: int,
+def _collect_inode(tx: Tx, has_lower: bool, dead: bool, pins: list[int],
                    versions: list[tuple[bytes, bytes]]) -> int:
     groups: dict[bytes, list[tuple[int, bytes, bytes]]] = {}
     for k, val in versions:
-        groups.setdefault(k[:-8], []).append((birth_of(k), k, val))
+        groups.setdefault(keys.version_base(k), []).append((birth_of(k), k, val))
     # Once the inode itself is deleted (newest attr version a tombstone), none
     # of its other records is visible after that epoch.
     dead_after = EPOCH_MAX
     for rec, vs in groups.items():
-        if rec[n + 8:n + 9] == KIND_ATTR and vs[0][2] == TOMBSTONE:
+        if _is_attr(rec) and vs[0][2] == TOMBSTONE:
             dead_after = vs[0][0]
     dropped = 0
     for rec, vs in groups.items():
-        is_attr = rec[n + 8:n + 9] == KIND_ATTR
+        is_attr = _is_attr(rec)
         kept_older = False
         for i in range(len(vs) - 1, -1, -1):  # oldest first
             b, key, val = vs[i]
@@ -118,18 +122,23 @@ def _collect_inode(tx: Tx, has_lower: bool, dead: bool, pins: list[int], n: int,
     return dropped
 
 
+def _is_attr(record: bytes) -> bool:
+    return keys.parse_record(record)[2] == KIND_ATTR
+
+
 def _pinned_between(pins: list[int], lo: int, hi: int) -> bool:
     i = bisect.bisect_left(pins, lo)
     return i < len(pins) and pins[i] < hi
 
 
 def _drop_view(tx: Tx, vid: int) -> None:
-    """Remove a dead, unpinned view, and release the pins it held on the views
-    it read through to (they are queued for collection in turn)."""
-    tx.release_holder(b"v" + u32(vid))
-    for prefix in (codec.rec_prefix(vid), b"S" + u32(vid), b"O" + u32(vid),
-                   b"C" + u32(vid), b"m" + u32(vid), b"G" + u32(vid)):
-        for k, _ in list(tx.txn.scan(prefix, prefix_end(prefix))):
+    """Remove a dead, unpinned view: every key of every per-view prefix of the
+    key table (its definition, records, queue entry, agent records...), and
+    release the pins it held on the views it read through to (they are queued
+    for collection in turn)."""
+    # Its turn pins too: the turn records they serve go with the view.
+    tx.release_holder(keys.view_holder(vid), keys.turn_holder(vid))
+    for prefix in keys.VIEW_SCOPED:
+        for k, _ in list(tx.txn.scan(*keys.span(prefix.of_view(vid)))):
             tx.txn.delete(k)
-    tx.txn.delete(codec.view_key(vid))
     tx.store._views.pop(vid, None)

@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from agentfs.errors import FsError
-from agentfs.storage import codec
-from agentfs.storage.codec import EPOCH_MAX, TOMBSTONE, ViewDef, birth_of, inv, u32
+from agentfs.storage import codec, keys
+from agentfs.storage.codec import TOMBSTONE, ViewDef
+from agentfs.storage.keys import EPOCH_MAX, birth_of, inv
 from agentfs.storage.kv import Engine, Txn, prefix_end
 
 INO_BATCH = 1024  # local inode numbers reserved per persisted counter update
@@ -38,7 +39,7 @@ class Store:
         self._ino_next: dict[int, int] = {}
         self._ino_limit: dict[int, int] = {}
         with engine.begin() as txn:
-            raw = txn.get(codec.meta_key("format"))
+            raw = txn.get(keys.meta("format"))
         if raw is None:
             with engine.begin(write=True) as txn:
                 self._format(txn)
@@ -47,12 +48,12 @@ class Store:
         self._load_counters()
 
     def _format(self, txn: Txn) -> None:
-        txn.put(codec.meta_key("format"), codec.pack(codec.FORMAT))
-        txn.put(codec.meta_key("epoch"), codec.pack(1))
-        txn.put(codec.meta_key("next_view"), codec.pack(codec.ROOT_VIEW + 1))
+        txn.put(keys.meta("format"), codec.pack(codec.FORMAT))
+        txn.put(keys.meta("epoch"), codec.pack(1))
+        txn.put(keys.meta("next_view"), codec.pack(codec.ROOT_VIEW + 1))
         root = ViewDef(codec.ROOT_VIEW, [], codec.ROOT_LOCAL, False, 0, 1,
                        codec.ROOT_LOCAL + 1, "root")
-        txn.put(codec.view_key(root.id), root.encode())
+        txn.put(keys.view_def(root.id), root.encode())
 
     def forget_caches(self) -> None:
         """Drop everything cached from the store (after an aborted write)."""
@@ -64,8 +65,8 @@ class Store:
 
     def _load_counters(self) -> None:
         with self.engine.begin() as txn:
-            self.epoch = _int(txn.get(codec.meta_key("epoch")))
-            self.next_view = _int(txn.get(codec.meta_key("next_view")))
+            self.epoch = _int(txn.get(keys.meta("epoch")))
+            self.next_view = _int(txn.get(keys.meta("next_view")))
 
     @contextmanager
     def write(self) -> Iterator[Tx]:
@@ -102,7 +103,7 @@ class Tx:
     def view(self, vid: int) -> ViewDef:
         v = self.store._views.get(vid)
         if v is None:
-            raw = self.txn.get(codec.view_key(vid))
+            raw = self.txn.get(keys.view_def(vid))
             if raw is None:
                 raise FsError(errno.ESTALE, f"view {vid} does not exist")
             v = ViewDef.decode(vid, raw)
@@ -117,7 +118,7 @@ class Tx:
         return True
 
     def save_view(self, v: ViewDef) -> None:
-        self.txn.put(codec.view_key(v.id), v.encode())
+        self.txn.put(keys.view_def(v.id), v.encode())
         self.store._views[v.id] = v
 
     def levels(self, vid: int) -> list[tuple[int, int]]:
@@ -144,13 +145,13 @@ class Tx:
         chain = self.useful_levels(chain)
         vid = self.store.next_view
         self.store.next_view += 1
-        self.txn.put(codec.meta_key("next_view"), codec.pack(self.store.next_view))
+        self.txn.put(keys.meta("next_view"), codec.pack(self.store.next_view))
         v = ViewDef(vid, chain, root, readonly, container, self.store.epoch, next_ino, kind)
         self.save_view(v)
         # A view reads through every level of its chain, so it holds each one:
         # no level may be collected while this view lives.
         for lvid, limit in chain:
-            self.txn.put(codec.pin_key(lvid, limit, b"v" + u32(vid)), b"")
+            self.txn.put(keys.pin(lvid, limit, keys.view_holder(vid)), b"")
             self.store._maxpin[lvid] = max(self.maxpin(lvid), limit)
         return v
 
@@ -175,9 +176,8 @@ class Tx:
     def maxpin(self, vid: int) -> int:
         m = self.store._maxpin.get(vid)
         if m is None:
-            p = codec.pin_prefix(vid)
-            last = self.txn.last(p, prefix_end(p))
-            m = codec.read_u64(last[0], 5) if last else 0
+            last = self.txn.last(*keys.span(keys.pin_prefix(vid)))
+            m = keys.parse_pin(last[0])[1] if last else 0
             self.store._maxpin[vid] = m
         return m
 
@@ -186,39 +186,37 @@ class Tx:
         if epoch is None:
             epoch = self.store.epoch
             self.store.epoch += 1
-            self.txn.put(codec.meta_key("epoch"), codec.pack(self.store.epoch))
+            self.txn.put(keys.meta("epoch"), codec.pack(self.store.epoch))
         elif not self.is_pinned(vid, epoch):
             raise FsError(errno.ENOENT, f"epoch {epoch} was not recorded for this tree")
-        self.txn.put(codec.pin_key(vid, epoch, holder), b"")
+        self.txn.put(keys.pin(vid, epoch, holder), b"")
         self.store._maxpin[vid] = max(self.maxpin(vid), epoch)
         return epoch
 
     def is_pinned(self, vid: int, epoch: int) -> bool:
-        p = codec.pin_prefix(vid) + codec.u64(epoch)
-        return self.txn.first(p, prefix_end(p)) is not None
+        return self.txn.first(*keys.span(keys.pin_at(vid, epoch))) is not None
 
     def unpin(self, vid: int, epoch: int, holder: bytes) -> None:
-        self.txn.delete(codec.pin_key(vid, epoch, holder))
+        self.txn.delete(keys.pin(vid, epoch, holder))
         self.store._maxpin.pop(vid, None)
         self.mark_dirty(vid)
 
-    def release_holder(self, holder: bytes) -> set[int]:
-        """Release every pin `holder` has, on any view; returns those views."""
+    def release_holder(self, *holders: bytes) -> set[int]:
+        """Release every pin any of `holders` has, on any view; returns those views."""
         released = set()
-        for k, _ in list(self.txn.scan(b"P", b"Q")):
-            if k[13:] == holder:
-                vid = codec.read_u32(k, 1)
-                self.unpin(vid, codec.read_u64(k, 5), holder)
+        for k, _ in list(self.txn.scan(*keys.PIN.span())):
+            vid, epoch, holder = keys.parse_pin(k)
+            if holder in holders:
+                self.unpin(vid, epoch, holder)
                 released.add(vid)
         return released
 
     def pins(self, vid: int) -> list[tuple[int, bytes]]:
-        p = codec.pin_prefix(vid)
-        return [(codec.read_u64(k, 5), k[13:]) for k, _ in self.txn.scan(p, prefix_end(p))]
+        return [keys.parse_pin(k)[1:] for k, _ in self.txn.scan(*keys.span(keys.pin_prefix(vid)))]
 
     def mark_dirty(self, vid: int) -> None:
         """Ask gc to look at `vid`: versions may have become unreachable."""
-        self.txn.put(b"G" + u32(vid), b"")
+        self.txn.put(keys.gc_queue(vid), b"")
 
     # ---------------------------------------------------------------- records
 
@@ -229,7 +227,7 @@ class Tx:
     def get_level(self, vid: int, suffix: bytes) -> tuple[int, bytes] | None:
         """(index of the level it came from, value) of the visible version, or None."""
         for i, (lvid, limit) in enumerate(self.levels(vid)):
-            base = b"R" + u32(lvid) + suffix
+            base = keys.record(lvid, suffix)
             hit = self.txn.first(base + inv(limit), prefix_end(base))
             if hit is not None:
                 return None if hit[1] == TOMBSTONE else (i, hit[1])
@@ -237,7 +235,7 @@ class Tx:
 
     def _lower_visible(self, vid: int, suffix: bytes) -> bool:
         for lvid, limit in self.view(vid).chain:
-            base = b"R" + u32(lvid) + suffix
+            base = keys.record(lvid, suffix)
             hit = self.txn.first(base + inv(limit), prefix_end(base))
             if hit is not None:
                 return hit[1] != TOMBSTONE
@@ -250,14 +248,14 @@ class Tx:
 
     def _note_write(self, vid: int, suffix: bytes) -> None:
         v = self.view(vid)
-        if not v.first_birth and suffix != codec.attr_suffix(v.root):
+        if not v.first_birth and suffix != keys.attr_suffix(v.root):
             v.first_birth = self.store.epoch
             self.save_view(v)
 
     def put(self, vid: int, suffix: bytes, value: bytes) -> None:
         self._check_writable(vid)
         self._note_write(vid, suffix)
-        base = b"R" + u32(vid) + suffix
+        base = keys.record(vid, suffix)
         newest = self.txn.first(base, prefix_end(base))
         now = self.store.epoch
         if newest is not None:
@@ -272,7 +270,7 @@ class Tx:
     def remove(self, vid: int, suffix: bytes) -> None:
         """Delete a record as seen from `vid` (a tombstone where something older shows)."""
         self._check_writable(vid)
-        base = b"R" + u32(vid) + suffix
+        base = keys.record(vid, suffix)
         end = prefix_end(base)
         newest = self.txn.first(base, end)
         if newest is not None and birth_of(newest[0]) > self.maxpin(vid):
@@ -301,13 +299,12 @@ class Tx:
 
     def _scan_level(self, lvid: int, limit: int, prefix: bytes, start: bytes,
                     level: int, stop: bytes = b"") -> Iterator[tuple[bytes, int, bytes]]:
-        base = b"R" + u32(lvid) + prefix
-        n = len(base)
+        base = keys.record(lvid, prefix)
         last = None
         # A bound matters when a level holds many versions too new for `limit`:
         # they are skipped one by one, so stop before them where possible.
         for k, v in self.txn.scan(base + start, base + stop if stop else prefix_end(base)):
-            sub = k[n:-8]
+            sub = keys.version_tail(k, base)
             if sub == last or birth_of(k) > limit:
                 continue
             last = sub
@@ -315,5 +312,5 @@ class Tx:
 
     def own_versions(self, vid: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every stored version in `vid`'s own layer under `prefix` (raw keys)."""
-        base = b"R" + u32(vid) + prefix
+        base = keys.record(vid, prefix)
         yield from self.txn.scan(base, prefix_end(base))

@@ -357,7 +357,7 @@ def test_partial_line_is_refused_at_close(mnt: Path, started: Path) -> None:
         os.close(fd)
     assert info.value.errno == errno.EINVAL
     msg = errstr(a)
-    assert "agents/a/transcript: incomplete line refused (no newline)" in msg, msg
+    assert "agents/a/transcript: incomplete line refused at close (no newline" in msg, msg
     assert state(mnt) == before
     # A line split over several writes is fine once its newline arrives.
     fd = os.open(a / "transcript", os.O_WRONLY | os.O_APPEND)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agentfs.agents.render import Policy, estimate_tokens, is_extension
+from agentfs.agents.render import CompactionState, Policy, estimate_tokens, is_extension, render
 
 pytestmark = pytest.mark.agentfs_only
 
@@ -58,36 +58,33 @@ def session(seed: int, turns: int) -> tuple[list[bytes], dict[str, str]]:
     return lines, outputs
 
 
-def compaction_state(agent: Path) -> bytes:
-    try:
-        return os.getxattr(agent, "trusted.agentfs.compaction")
-    except OSError:
-        return b""
-
-
 def test_fifty_turns_through_the_mount(mnt: Path) -> None:
     (mnt / "agents").mkdir()
     a = mnt / "agents" / "coder"
     a.mkdir()
-    (a / "system").write_text("You port parsers.")
-    (a / "prompt").write_text("Port the parser.")
+    system, prompt = "You port parsers.", "Port the parser."
+    (a / "system").write_text(system)
+    (a / "prompt").write_text(prompt)
     policy = Policy(budget_tokens=150_000, keep_recent_turns=2, excerpt_chars=100)
     (a / "config").write_text(policy.render())
     lines, outputs = session(99, 50)
-    prev = b""
+    sent: list[dict[str, Any]] = []
+    state, prev = CompactionState(), b""
     compactions = []
     for t, line in enumerate(lines, 1):
-        before = compaction_state(a)
         with open(a / "transcript", "ab") as f:
             f.write(line)
+        sent.append(json.loads(line))
         body = (a / "context.json").read_bytes()
         assert body == (a / "context.json").read_bytes(), "not deterministic"
+        expected, new = render(".", system, [], prompt, sent, None, policy, state)
+        assert body == expected + b"\n", f"turn {t}: not the oracle's bytes"
         assert estimate_tokens(body, policy) <= policy.budget_tokens, f"turn {t} over budget"
-        if compaction_state(a) != before:
+        if new != state:
             compactions.append(t)
         elif prev:
             assert is_extension(prev, body), f"turn {t} rewrote the past without a compaction"
-        prev = body
+        state, prev = new, body
         # Every stub names a file that restores the output byte for byte.
         for m in json.loads(body)["messages"]:
             for b in m["content"]:

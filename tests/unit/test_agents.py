@@ -69,8 +69,9 @@ def test_append_counts_turns_and_refuses_invalid_lines(fs: FileSystem, agents: A
     assert agents.append("a", line("user", "hi")) == 1
     assert agents.append("a", line("assistant", "hello") + b"\n") == 2
     before = read_all(fs, agents.transcript_ino("a"))
-    with pytest.raises(ValueError):
+    with pytest.raises(FsError) as e:
         agents.append("a", b'{"role": "wizard", "content": "x"}')
+    assert e.value.errno == errno.EINVAL and "role 'wizard'" in e.value.message
     assert read_all(fs, agents.transcript_ino("a")) == before
     assert agents.get("a").turns == 2
     assert before.count(b"\n") == 2

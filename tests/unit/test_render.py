@@ -24,6 +24,7 @@ from agentfs.agents.render import (
     DEFAULT_SYSTEM,
     MAX_LINE,
     CompactionState,
+    InvalidConfig,
     InvalidLine,
     Observation,
     Policy,
@@ -34,7 +35,9 @@ from agentfs.agents.render import (
     is_extension,
     prefix_content,
     render,
+    render_from_scratch,
     stub_text,
+    validate_config,
     validate_line,
 )
 
@@ -265,31 +268,61 @@ def test_policy_defaults_parse_and_render_round_trip() -> None:
 
 
 @pytest.mark.parametrize(("text", "reason"), [
-    ("budget 10", "line 1: unknown key 'budget'; known keys: budget_tokens,"),
+    ("budget 10", "line 1: unknown key 'budget'; known keys: budget_tokens, "
+     "observation_threshold_bytes, keep_recent_turns, excerpt_chars, compact_to_fraction, "
+     "bytes_per_token"),
     ("\nbudget_tokens", "line 2: expected 'KEY VALUE', got 'budget_tokens'"),
     ("budget_tokens 1 2", "line 1: expected 'KEY VALUE'"),
-    ("budget_tokens lots", "line 1: budget_tokens must be an integer, not 'lots'"),
-    ("budget_tokens 1.5", "line 1: budget_tokens must be an integer, not '1.5'"),
-    ("budget_tokens 0", "line 1: budget_tokens must be at least 1, not 0"),
-    ("keep_recent_turns -1", "line 1: keep_recent_turns must be at least 0, not -1"),
-    ("bytes_per_token 0", "line 1: bytes_per_token must be at least 1"),
-    ("compact_to_fraction 1.5", "line 1: compact_to_fraction must be in (0, 1], not 1.5"),
-    ("compact_to_fraction 0", "compact_to_fraction must be in (0, 1]"),
-    ("compact_to_fraction nan", "compact_to_fraction must be a number, not nan"),
-    ("compact_to_fraction half", "line 1: compact_to_fraction must be a number, not 'half'"),
+    ("budget_tokens lots", "line 1: budget_tokens must be an integer >= 1, not 'lots'"),
+    ("budget_tokens 1.5", "line 1: budget_tokens must be an integer >= 1, not '1.5'"),
+    ("budget_tokens 0", "line 1: budget_tokens must be an integer >= 1, not '0'"),
+    ("keep_recent_turns -1", "line 1: keep_recent_turns must be an integer >= 0, not '-1'"),
+    ("bytes_per_token 0", "line 1: bytes_per_token must be an integer >= 1"),
+    ("compact_to_fraction 1.5", "line 1: compact_to_fraction must be a number in (0, 1], "
+     "not '1.5'"),
+    ("compact_to_fraction 0", "compact_to_fraction must be a number in (0, 1], not '0'"),
+    ("compact_to_fraction nan", "compact_to_fraction must be a number in (0, 1], not 'nan'"),
+    ("compact_to_fraction inf", "compact_to_fraction must be a number in (0, 1], not 'inf'"),
+    ("compact_to_fraction half", "line 1: compact_to_fraction must be a number in (0, 1], "
+     "not 'half'"),
     ("excerpt_chars 3\nexcerpt_chars 4", "line 2: excerpt_chars is set twice"),
 ])
 def test_policy_errors_are_readable(text: str, reason: str) -> None:
-    with pytest.raises(ValueError) as ei:
+    with pytest.raises(InvalidConfig) as ei:
         Policy.parse(text)
-    assert reason in str(ei.value)
+    assert reason in ei.value.reason
+    assert isinstance(ei.value, ValueError) and str(ei.value) == ei.value.reason
 
 
 def test_policy_values_are_checked_on_construction_too() -> None:
-    with pytest.raises(ValueError, match="observation_threshold_bytes must be at least 1"):
+    with pytest.raises(ValueError, match="observation_threshold_bytes must be an integer >= 1"):
         Policy(observation_threshold_bytes=0)
-    with pytest.raises(ValueError, match="budget_tokens must be an integer"):
+    with pytest.raises(ValueError, match="budget_tokens must be an integer >= 1, not True"):
         Policy(budget_tokens=True)
+    assert Policy(compact_to_fraction=1).compact_to_fraction == 1
+
+
+def test_the_rendered_policy_says_what_each_key_allows() -> None:
+    text = Policy().render()
+    assert "# estimated tokens the rendered context may hold before a compaction " \
+           "(an integer >= 1)\nbudget_tokens 150000\n" in text
+    assert "(a number in (0, 1])\ncompact_to_fraction 0.6\n" in text
+    assert all(line.startswith("#") or len(line.split()) == 2 for line in text.splitlines())
+
+
+def test_validate_config_is_the_check_for_a_write_to_config() -> None:
+    assert validate_config(b"") == Policy()  # a fresh agent's config, or an emptied one
+    assert validate_config(Policy().render().encode()) == Policy()
+    assert validate_config(b"budget_tokens 2000\r\n") == Policy(budget_tokens=2000)
+    for raw, reason in [
+            (b"budget_tokens abc\n", "config: line 1: budget_tokens must be an integer >= 1, "
+                                     "not 'abc'"),
+            (b"# ok\nbudget_token 5\n", "config: line 2: unknown key 'budget_token'; known "
+                                         "keys: budget_tokens, "),
+            (b"excerpt_chars \xff\n", "config: not valid UTF-8 at byte 14")]:
+        with pytest.raises(InvalidConfig) as ei:
+            validate_config(raw)
+        assert ei.value.reason.startswith(reason), ei.value.reason
 
 
 def test_compaction_state_is_one_line() -> None:
@@ -507,7 +540,10 @@ def test_a_long_session_is_append_only_between_rare_restorable_compactions() -> 
             assert o.text == outputs[o.tool_use_id].encode()
         todo = None if turn % 3 == 0 else f"- [ ] finish step {turn}"
         body_bytes, new = do_render(lines, todo, policy, state)
-        assert estimate_tokens(body_bytes, policy) <= policy.budget_tokens
+        # the recitation changes freely: it neither moves the state nor counts
+        # against the budget, which bounds the rest of the body
+        plain, same = do_render(lines, None, policy, state)
+        assert same == new and estimate_tokens(plain, policy) <= policy.budget_tokens
         if new != state:
             compactions.append(turn)
             assert new.points == state.points + (turn,)
@@ -630,41 +666,59 @@ def test_a_fork_renders_a_prefix_of_its_parent() -> None:
 # ---------------------------------------------------------------- incremental
 
 
-def test_renderer_gives_the_same_bytes_as_render() -> None:
+def test_renderer_gives_the_oracles_bytes_and_states() -> None:
     rng = random.Random(99)
     lines = random_lines(42, 200)
     policy = Policy(budget_tokens=25_000, keep_recent_turns=3, excerpt_chars=50,
                     compact_to_fraction=0.5, observation_threshold_bytes=2000)
     r = Renderer(PATH, SYSTEM, TOOLS, PROMPT, policy)
-    assert r.render(None, CompactionState()) == do_render([], None, policy)
-    state, history = CompactionState(), [CompactionState()]
+    assert (r.render(None), r.state) == do_render([], None, policy)
+    state = CompactionState()
     for turn, line in enumerate(lines, 1):
         assert r.append(line) == turn == r.turns
         todo = rng.choice([None, "", f"- [ ] item {turn}\n- [x] ✓ done"])
-        got = r.render(todo, state)
-        assert got == do_render(lines[:turn], todo, policy, state), turn
-        assert len(breakpoints(json.loads(got[0]))) <= 4
-        state = got[1]
-        history.append(state)
-        if rng.random() < 0.1:  # an arbitrary earlier state: the caches must follow
-            old = rng.choice(history)
-            assert r.render(todo, old) == do_render(lines[:turn], todo, policy, old)
+        body, state = do_render(lines[:turn], todo, policy, state)
+        assert (r.render(todo), r.state) == (body, state), turn
+        assert len(breakpoints(json.loads(body))) <= 4
     assert len(state.points) >= 5
+    assert render_from_scratch(PATH, SYSTEM, TOOLS, PROMPT, lines, "t", policy) == \
+        (r.render("t"), state)
     # prompt/system/tools edge cases
     for system, tools, prompt in (("", [], ""), (SYSTEM, TOOLS[:1], " ")):
         r = Renderer(PATH, system, tools, prompt, Policy())
         for line in lines[:5]:
             r.append(line)
-            assert r.render("t", CompactionState()) == render(
-                PATH, system, tools, prompt, lines[:r.turns], "t", Policy(),
-                CompactionState())
+            assert (r.render("t"), r.state) == render_from_scratch(
+                PATH, system, tools, prompt, lines[:r.turns], "t", Policy())
+
+
+def test_the_compaction_state_depends_on_the_transcript_only() -> None:
+    """Not on who read when, nor on the todo: a renderer read after every
+    line and one read once at the end agree, byte for byte, and a fork (a
+    renderer fed the same first k lines) has its origin's state at k."""
+    lines = session_lines(77, 40)[0]
+    policy = Policy(budget_tokens=60_000, keep_recent_turns=2, compact_to_fraction=0.5)
+    eager, lazy = (Renderer(PATH, SYSTEM, TOOLS, PROMPT, policy) for _ in range(2))
+    states = [eager.state]
+    for turn, line in enumerate(lines, 1):
+        eager.append(line)
+        eager.render(f"- [ ] todo {turn}" * (turn % 7))
+        states.append(eager.state)
+        lazy.append(line)
+    assert len(eager.state.points) >= 3
+    assert (lazy.render("x"), lazy.state) == (eager.render("x"), eager.state)
+    for k in (5, 17, 33):
+        fork = Renderer(PATH, SYSTEM, TOOLS, PROMPT, policy)
+        for line in lines[:k]:
+            fork.append(line)
+        assert fork.state == states[k]
+        assert fork.state.points == tuple(p for p in eager.state.points if p <= k)
 
 
 def test_renderer_time_is_flat_in_the_number_of_turns() -> None:
     rng = random.Random(5)
     policy = Policy(budget_tokens=10**9)  # measure rendering, not compaction
     r = Renderer(PATH, SYSTEM, TOOLS, PROMPT, policy)
-    state = CompactionState()
     lines: list[dict[str, Any]] = []
 
     def add() -> None:
@@ -680,22 +734,22 @@ def test_renderer_time_is_flat_in_the_number_of_turns() -> None:
     def per_turn(turns: int) -> float:
         while len(lines) < turns:
             add()
-        r.render("- [ ] todo", state)  # warm: catch up the cached prefix
+        r.render("- [ ] todo")  # warm: catch up the cached prefix
         times = []
         for _ in range(41):
             add()
             t0 = time.perf_counter()
-            r.render(f"- [ ] todo {len(lines)}", state)
+            r.render(f"- [ ] todo {len(lines)}")
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
     t100 = per_turn(100)
     t1000 = per_turn(1000)
     t0 = time.perf_counter()
-    ref = render(PATH, SYSTEM, TOOLS, PROMPT, lines, "x", policy, state)
+    ref = render(PATH, SYSTEM, TOOLS, PROMPT, lines, "x", policy, CompactionState())[0]
     t_pure = time.perf_counter() - t0
-    assert ref == r.render("x", state)
-    size = len(ref[0])
+    assert ref == r.render("x")
+    size = len(ref)
     print(f"\nRenderer per turn: {t100 * 1e6:.0f} us at 100 turns, "
           f"{t1000 * 1e6:.0f} us at 1000 turns (x{t1000 / t100:.1f}, body {size >> 10} KiB); "
           f"pure render() at {len(lines)} turns: {t_pure * 1e3:.1f} ms")

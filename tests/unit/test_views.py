@@ -283,6 +283,7 @@ def test_fork_at_pinned_epoch(fs: FileSystem) -> None:
     mutate(fs, past, b"P")
     assert tree(fs, past) == expected_after_mutate(b"P")
     assert tree(fs, src) == expect_now
+    fs.unpin(src, b"turn-1")  # fsck refuses pins nothing in the store would release
 
 
 def test_fork_at_pinned_epoch_survives_gc_and_unpin(fs: FileSystem) -> None:
@@ -310,6 +311,8 @@ def test_several_pins_pick_the_right_epoch(fs: FileSystem) -> None:
         d = fs.fork(src, ROOT_INO, b"at%d" % i, epoch=e).ino
         assert cat(fs, fs.lookup(d, b"f").ino) == b"v%d" % i
         assert names(fs, d) == sorted([b"f", *(b"after%d" % j for j in range(1, i + 1))])
+    for i in range(1, 6):
+        fs.unpin(src, b"h%d" % i)
 
 
 def test_fork_at_epoch_before_dir_existed(fs: FileSystem) -> None:
@@ -330,6 +333,7 @@ def test_pinned_deleted_file_visible_at_epoch(fs: FileSystem) -> None:
     collect(fs.store, everything=True)
     past = fs.fork(src, ROOT_INO, b"past", epoch=e).ino
     assert cat(fs, fs.lookup(past, b"b.bin").ino) == SPEC["b.bin"]
+    fs.unpin(src, b"h")
 
 
 def test_snapshot_at_pinned_epoch(fs: FileSystem) -> None:
@@ -372,7 +376,8 @@ def test_fork_and_snapshot_write_constant_keys(engines, make_fs, op: str) -> Non
         ce = CountingEngine(engines())
         fs = make_fs(ce)
         src = setup_src(fs, b"src", _tree_of(n))
-        epoch = fs.pin(src, b"h") if op.endswith("at_epoch") else None
+        pinned = src
+        epoch = fs.pin(pinned, b"h") if op.endswith("at_epoch") else None
         if op == "fork_of_snapshot":
             src = fs.snapshot(src, b"s").ino
         if epoch is not None:
@@ -384,6 +389,8 @@ def test_fork_and_snapshot_write_constant_keys(engines, make_fs, op: str) -> Non
         else:
             fs.snapshot(src, b"snap", epoch=epoch)
         counts.append(ce.puts)
+        if epoch is not None:
+            fs.unpin(pinned, b"h")
     assert counts[0] == counts[1] == counts[2], counts
     assert counts[0] <= 20
 
