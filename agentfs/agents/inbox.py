@@ -17,7 +17,7 @@ from agentfs.agents.model import Agent, Agents, Role
 from agentfs.errors import FsError
 from agentfs.posix.forks import Tree
 from agentfs.posix.inodes import NAME_MAX, RENAME_NOREPLACE, check_name
-from agentfs.storage import codec, keys
+from agentfs.storage import keys
 from agentfs.storage.codec import Attr, split_ino
 
 STAGED_PREFIX = b".in-"
@@ -32,7 +32,7 @@ def _next_seq(t: Tree, a: Agent) -> int:
     # continue after the highest number present.
     high = 0
     view, local = split_ino(a.ino(Role.INBOX))
-    for sub, _ in t.tx.scan(view, codec.dentry_dir_suffix(local)):
+    for sub, _ in t.tx.scan(view, keys.dentry_dir_suffix(local)):
         m = MESSAGE_RE.match(keys.parse_dentry_tail(sub)[1])
         if m:
             high = max(high, int(m.group(1)))

@@ -40,7 +40,8 @@ from agentfs.agents.render import (
 from agentfs.errors import FsError
 from agentfs.posix.fs import ROOT_INO, FileSystem, Tree
 from agentfs.storage import codec, keys
-from agentfs.storage.codec import Attr, attr_suffix, fuse_ino, split_ino
+from agentfs.storage.codec import Attr, fuse_ino, split_ino
+from agentfs.storage.keys import attr_suffix
 
 AGENTS_DIR = b"agents"
 NAME_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -14,8 +14,9 @@ import os
 
 from agentfs.errors import FsError
 from agentfs.posix.inodes import ROOT_INO, SNAPDIR, Inodes, check_name
-from agentfs.storage import codec, keys
-from agentfs.storage.codec import ROOT_VIEW, Attr, attr_suffix, fuse_ino, split_ino
+from agentfs.storage import keys
+from agentfs.storage.codec import ROOT_VIEW, Attr, fuse_ino, split_ino
+from agentfs.storage.keys import attr_suffix
 
 
 class Tree(Inodes):
@@ -42,8 +43,8 @@ class Tree(Inodes):
         a = self.tx.get(view, attr_suffix(local))
         if a is not None and Attr.decode(a).is_dir and self.drop_dir_view(view, local):
             return
-        for sub, _ in list(self.tx.scan(view, codec.ino_suffix(local))):
-            self.tx.remove(view, codec.ino_suffix(local) + sub)
+        for sub, _ in list(self.tx.scan(view, keys.ino_suffix(local))):
+            self.tx.remove(view, keys.ino_suffix(local) + sub)
         self.tx.mark_dirty(view)
 
     def drop_dir_view(self, view: int, local: int) -> bool:

@@ -37,7 +37,8 @@ from agentfs.posix.inodes import (
     check_name,
     needs_atime_update,
 )
-from agentfs.storage.codec import ROOT_LOCAL, ROOT_VIEW, Attr, attr_suffix, split_ino
+from agentfs.storage.codec import ROOT_LOCAL, ROOT_VIEW, Attr, split_ino
+from agentfs.storage.keys import attr_suffix
 from agentfs.storage.kv import Engine
 from agentfs.storage.views import Store
 

@@ -25,15 +25,17 @@ from agentfs.storage.codec import (
     ROOT_LOCAL,
     ROOT_VIEW,
     Attr,
-    attr_suffix,
-    block_dir_suffix,
-    block_suffix,
     decode_dentry,
-    dentry_dir_suffix,
-    dentry_suffix,
     encode_dentry,
     fuse_ino,
     split_ino,
+)
+from agentfs.storage.keys import (
+    attr_suffix,
+    block_dir_suffix,
+    block_suffix,
+    dentry_dir_suffix,
+    dentry_suffix,
     xattr_dir_suffix,
     xattr_suffix,
 )

@@ -23,16 +23,8 @@ import errno
 import zlib
 
 from agentfs.errors import FsError
-from agentfs.storage.codec import (
-    Attr,
-    log_dir_suffix,
-    log_suffix,
-    read_u32,
-    read_u64,
-    split_ino,
-    u32,
-    u64,
-)
+from agentfs.storage.codec import Attr, split_ino
+from agentfs.storage.keys import log_dir_suffix, log_suffix, read_u32, read_u64, u32, u64
 from agentfs.storage.views import Tx
 
 RAW = 0

@@ -12,45 +12,6 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-# The key layout used to live here. These names stay importable from codec
-# until posix/, agents/model.py and the tests import them from keys.
-# TODO(issue 7): import from agentfs.storage.keys everywhere, then drop this.
-from agentfs.storage import keys
-from agentfs.storage.keys import (  # noqa: F401
-    EPOCH_MAX,
-    KIND_ATTR,
-    KIND_BLOCK,
-    KIND_DENTRY,
-    KIND_LOG,
-    KIND_XATTR,
-    attr_suffix,
-    birth_of,
-    block_dir_suffix,
-    block_suffix,
-    dentry_dir_suffix,
-    dentry_suffix,
-    ino_suffix,
-    inv,
-    log_dir_suffix,
-    log_suffix,
-    name_hash,
-    read_u32,
-    read_u64,
-    u32,
-    u64,
-    xattr_dir_suffix,
-    xattr_suffix,
-)
-
-# The old names of the key builders, for the same modules.
-meta_key = keys.meta
-view_key = keys.view_def
-pin_key = keys.pin
-pin_prefix = keys.pin_prefix
-snap_prefix = keys.snapshot_prefix
-orphan_key = keys.orphan
-rec_prefix = keys.rec_prefix
-
 FORMAT = 1
 
 FLAG_LOG = 1

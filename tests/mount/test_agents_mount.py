@@ -590,14 +590,14 @@ for name in sys.argv[2:]:
 
 STORED_INBOX_CODE = r"""
 import json, sys
-from agentfs.storage import codec
+from agentfs.storage import codec, keys
 from agentfs.agents.model import Agent, Role
 from agentfs.storage.kv import LmdbEngine
 from agentfs.storage.views import Store
 engine = LmdbEngine(sys.argv[1])
 with Store(engine).read() as tx:
     a = Agent.decode(sys.argv[2], tx.txn.get(b"A" + sys.argv[2].encode()))
-    names = [sub[8:-1].decode() for sub, _ in tx.scan(a.view, codec.dentry_dir_suffix(Role.INBOX))]
+    names = [sub[8:-1].decode() for sub, _ in tx.scan(a.view, keys.dentry_dir_suffix(Role.INBOX))]
 engine.close()
 print(json.dumps(names))
 """

@@ -12,7 +12,8 @@ import pytest
 
 from agentfs.errors import FsError
 from agentfs.posix.fs import FileSystem, SetAttr
-from agentfs.storage.codec import Attr, ViewDef, read_u32, split_ino, u32, u64
+from agentfs.storage.codec import Attr, ViewDef, split_ino
+from agentfs.storage.keys import read_u32, u32, u64
 from agentfs.storage.kv import Engine, LmdbEngine, MemoryEngine, prefix_end
 
 ENGINES = ["memory", "lmdb"]

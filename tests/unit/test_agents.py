@@ -12,7 +12,7 @@ from fsutil import dead_views, put_file
 from agentfs.agents.model import SKELETON, Agents, Role
 from agentfs.errors import FsError
 from agentfs.posix.fs import ROOT_INO, FileSystem, SetAttr
-from agentfs.storage import codec
+from agentfs.storage import codec, keys
 
 
 def line(role: str, text: str) -> bytes:
@@ -263,8 +263,8 @@ def test_removing_an_agent_keeps_only_the_turns_its_forks_inherited(
     agents.remove("a")
     collect(fs.store)
     with fs.store.read() as tx:
-        kept = [codec.read_u32(k, 5) for k, _ in
-                tx.txn.scan(b"T" + codec.u32(view), b"T" + codec.u32(view + 1))]
+        kept = [keys.read_u32(k, 5) for k, _ in
+                tx.txn.scan(b"T" + keys.u32(view), b"T" + keys.u32(view + 1))]
     assert kept == list(range(1, 11))
     assert ws_read(fs, agents, "keep", b"f") == b"version 8"  # written before turn 10
     # The fork can still be forked at (and show) the turns it inherited.
@@ -273,8 +273,8 @@ def test_removing_an_agent_keeps_only_the_turns_its_forks_inherited(
     agents.remove("keep")
     collect(fs.store)
     with fs.store.read() as tx:
-        kept = [codec.read_u32(k, 5) for k, _ in
-                tx.txn.scan(b"T" + codec.u32(view), b"T" + codec.u32(view + 1))]
+        kept = [keys.read_u32(k, 5) for k, _ in
+                tx.txn.scan(b"T" + keys.u32(view), b"T" + keys.u32(view + 1))]
     assert kept == list(range(1, 5))  # what `again` still inherits
     agents.remove("again")
     collect(fs.store)

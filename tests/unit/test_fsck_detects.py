@@ -51,7 +51,7 @@ def test_wrong_stored_counter(fresh: tuple[Engine, FileSystem]) -> None:
     f = mkfile(fs, ROOT_INO, b"f", b"hello")
     assert check_store(e).problems == []
     view, local = split_ino(f.ino)
-    key, raw = newest(e, view, codec.attr_suffix(local))
+    key, raw = newest(e, view, keys.attr_suffix(local))
     a = Attr.decode(raw)
     a.stored += 1
     problems = damage(e, lambda t: t.put(key, a.encode()))
@@ -62,7 +62,7 @@ def test_block_past_the_end(fresh: tuple[Engine, FileSystem]) -> None:
     e, fs = fresh
     f = mkfile(fs, ROOT_INO, b"f", b"x" * 10)
     view, local = split_ino(f.ino)
-    key, raw = newest(e, view, codec.attr_suffix(local))
+    key, raw = newest(e, view, keys.attr_suffix(local))
     a = Attr.decode(raw)
     a.size = 4
     problems = damage(e, lambda t: t.put(key, a.encode()))
@@ -74,7 +74,7 @@ def test_dangling_entry_and_link_count(fresh: tuple[Engine, FileSystem]) -> None
     d = mkdir(fs, ROOT_INO, b"d")
     f = mkfile(fs, d.ino, b"f", b"x")
     view, local = split_ino(f.ino)
-    key, _ = newest(e, view, codec.attr_suffix(local))
+    key, _ = newest(e, view, keys.attr_suffix(local))
     problems = damage(e, lambda t: t.delete(key))
     assert any("missing inode" in p or "no inode" in p or "leads to" in p
                for p in problems), problems
@@ -85,7 +85,7 @@ def test_directory_link_count(fresh: tuple[Engine, FileSystem]) -> None:
     d = mkdir(fs, ROOT_INO, b"d")
     mkdir(fs, d.ino, b"sub")
     view, local = split_ino(d.ino)
-    key, raw = newest(e, view, codec.attr_suffix(local))
+    key, raw = newest(e, view, keys.attr_suffix(local))
     a = Attr.decode(raw)
     a.nlink = 7
     problems = damage(e, lambda t: t.put(key, a.encode()))
@@ -216,13 +216,13 @@ DAMAGE: dict[str, tuple[Callable[[World, Txn], None], str]] = {
                                "is 1"),
     "live view not contained": (lambda w, t: t.delete(keys.contained(ROOT_VIEW, w.fork_view)),
                                 "view {w.fork_view}: its container 1 does not list it"),
-    "dangling m": (lambda w, t: t.put(_nested_copy_key(w), codec.u32(MISSING)),
+    "dangling m": (lambda w, t: t.put(_nested_copy_key(w), keys.u32(MISSING)),
                    "view {w.fork_view}'s copy of nested view {w.inner_view} names missing view 999"),
     "m of a missing view": (lambda w, t: t.put(keys.nested_copy(w.fork_view, MISSING),
-                                               codec.u32(w.inner_view)),
+                                               keys.u32(w.inner_view)),
                             "view {w.fork_view}'s copy of nested view 999: view 999 is missing"),
     "snapshot of a missing view": (lambda w, t: t.put(keys.snapshot(ROOT_VIEW, 1, b"s"),
-                                                      codec.u32(MISSING)),
+                                                      keys.u32(MISSING)),
                                    "snapshot b's' of directory 1 in view 1 names missing view 999"),
     "orphan with nlink": (lambda w, t: t.put(keys.orphan(ROOT_VIEW, w.file_local), b""),
                           "view 1: orphan {w.file_local} still has nlink 1"),
@@ -235,7 +235,7 @@ DAMAGE: dict[str, tuple[Callable[[World, Txn], None], str]] = {
     "a<view> without agent": (lambda w, t: t.delete(keys.agent("a")),
                               "view {w.agent_view} names agent b'a', which does not exist"),
     "agent on a dead view": (_ghost_agent, "agent 'ghost': its view {w.inner_view} is dead"),
-    "Q of a non-agent view": (lambda w, t: t.put(keys.inbox_seq(ROOT_VIEW), codec.u64(1)),
+    "Q of a non-agent view": (lambda w, t: t.put(keys.inbox_seq(ROOT_VIEW), keys.u64(1)),
                               "inbox counter of view 1, which is no agent's view"),
     "Q that is no counter": (lambda w, t: t.put(keys.inbox_seq(w.agent_view), b"x"),
                              "inbox counter of view {w.agent_view}: 78 is not a u64 >= 1"),

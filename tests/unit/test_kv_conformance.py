@@ -309,7 +309,7 @@ def test_first_last_see_own_writes(engine: Engine) -> None:
 def test_version_seek_pattern(engine: Engine) -> None:
     """The seek views.py does: base + inverted epoch lands on the newest version
     at or before a limit."""
-    from agentfs.storage.codec import inv
+    from agentfs.storage.keys import inv
 
     base = b"Rrec"
     put_all(engine, {base + inv(e): b"%d" % e for e in (3, 7, 12)})

@@ -10,7 +10,7 @@ import stat
 from fsutil import mkdir, mkfile, names, raises, symlink
 
 from agentfs.posix.fs import ROOT_INO, FileSystem
-from agentfs.storage.codec import name_hash
+from agentfs.storage.keys import name_hash
 
 
 def batch(fs: FileSystem, d: int, start: int, n: int) -> list[tuple[bytes, int]]:
