@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The agent layer's benchmarks, each next to a reference measured in the same run.
 
-Usage:  /work/venv/bin/python bench/agents.py [--quick] [--only NAME[,NAME]]
+Usage:  /work/venv/bin/python bench/agents.py [--quick] [--only NAME[,NAME]] [--json FILE]
 
 Mounts a fresh agentfs (store under /var/tmp) and a reference directory on
 tmpfs (/dev/shm), then measures (names for --only):
@@ -333,8 +333,11 @@ class Bench:
         samples = 20
 
         def turn_line(i: int) -> bytes:
-            if i % 2 == 0:
-                return line("assistant", f"step {i}: " + "thinking " * 40)
+            if i % 2 == 0:  # asks for the tool_result of the next line (pairing)
+                return json.dumps({"role": "assistant", "content": [
+                    {"type": "text", "text": f"step {i}: " + "thinking " * 40},
+                    {"type": "tool_use", "id": f"t{i + 1}", "name": "bash", "input": {}}]}
+                ).encode() + b"\n"
             return json.dumps({"role": "user", "content": [
                 {"type": "tool_result", "tool_use_id": f"t{i}",
                  "content": f"output {i}\n" + "row of tool output\n" * (20 if i % 10 else 400)}]}
@@ -399,12 +402,21 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
     ap.add_argument("--only", default=",".join(BENCHES), help="comma-separated benchmarks")
     ap.add_argument("--keep", action="store_true", help="keep the store")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     for n in names:
         if n not in BENCHES:
             ap.error(f"unknown benchmark {n!r}; choose from {', '.join(BENCHES)}")
-    Bench(args).run(names)
+    try:
+        Bench(args).run(names)
+    finally:  # a failed benchmark still leaves the figures measured before it
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {"quick": args.quick, "complete": sys.exc_info()[0] is None, "rows": [
+                    {"group": g, "metric": m, "unit": u, "value": v, "ref": r, "note": n,
+                     "ratio": v / r if v is not None and r else None}
+                    for g, m, u, v, r, n in ROWS]}, indent=2) + "\n")
     print("\nagentfs agent layer" + (" (--quick)" if args.quick else ""))
     width = max(len(r[1]) for r in ROWS)
     for group, metric, unit, value, ref, note in ROWS:

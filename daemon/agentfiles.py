@@ -1,10 +1,18 @@
 """The agent layer's files, as the kernel sees them.
 
-Routes requests on `agents/NAME/...` to `agentfs.agents.model`: spawning on mkdir,
-append-only transcripts, frozen prompts, atomic inbox delivery, blocking
-`inbox/.wait`, and the virtual files every agent has (`ctl`, `errstr`,
-`status`, `parent`, `children`, `context.json`). Everything here is
-translation; the rules live in the core.
+Two sides, both translation (the rules live in `agentfs.agents`):
+
+- `AgentFiles`, the namespace of the files agentfs generates (inodes.py kinds
+  AGENT_FILE, WAIT, OBSERVATION, GUIDE): every agent's `ctl`, `errstr`,
+  `status`, `parent`, `children`, `context.json` and `observations/`, its
+  blocking `inbox/.wait[-SECONDS]`, and `MOUNT/AGENTS.md`. Each reports its
+  real size (what a read would return now), so tar, rsync and cp copy it
+  whole; the read-only ones refuse writes with EACCES.
+- `AgentRules`, what the stored tree (tree.py) asks about stored inodes that
+  belong to agents: spawning on `mkdir agents/NAME`, staging and atomic
+  delivery of inbox messages, the skeleton's rules (frozen prompts, the
+  append-only transcript, config validated on write), `rmdir agents/NAME`,
+  and keeping an agent whole under `rm -r`.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
+from collections.abc import Iterator
 from importlib import resources
 
 import trio
@@ -23,23 +31,38 @@ from agentfs.agents.control import Result, run_agent_command
 from agentfs.agents.model import AGENTS_DIR, Agent, Agents, Role, refuse_change
 from agentfs.agents.render import Observation
 from agentfs.errors import FsError
-from agentfs.posix.fs import ROOT_INO, FileSystem
-from agentfs.storage.codec import Attr, fuse_ino, split_ino
+from agentfs.posix.fs import ROOT_INO, FileSystem, SetAttr
+from agentfs.storage.codec import Attr, split_ino
 
+from . import inodes
 from .errstr import ErrorLog
+from .inodes import GUIDE_INO, Kind
+from .namespace import (
+    Commands,
+    Content,
+    Effects,
+    Entry,
+    Handle,
+    Listing,
+    Namespace,
+    numbered,
+    virtual,
+)
 
-AGENT_FILE = 1 << 62  # virtual inode space for agent files: | view << 16 | kind
-WAIT_FILE = 1 << 61  # inbox/.wait-SECONDS: | view << 16 | seconds
-OBS_FILE = 1 << 60  # observations/ID: | view << 32 | turn << 8 | index
-GUIDE_INO = (1 << 63) | (1 << 59)  # MOUNT/AGENTS.md
-OBS_DIR_KIND = 7
-VIEW_MASK = (1 << 40) - 1
+GUIDE_NAME = b"AGENTS.md"
+OBSERVATIONS = b"observations"
 FILES = {b"ctl": 1, b"errstr": 2, b"status": 3, b"context.json": 4, b"parent": 5,
-         b"children": 6}
-KIND_NAMES = {v: k for k, v in FILES.items()}
+         b"children": 6, OBSERVATIONS: 7}  # AGENT_FILE's `file` field
+FILE_NAMES = {v: k.decode() for k, v in FILES.items()}
+OBS_DIR = FILES[OBSERVATIONS]
+WRITABLE = (FILES[b"ctl"], FILES[b"parent"])
+WAIT = b".wait"
 DEFAULT_WAIT = 60
 MAX_WAIT = 3600
+MAX_OBS_PER_TURN = 256  # (OBSERVATION's `index` field)
 SIGNAL_POLL = 0.2  # seconds between looks at a blocked reader's pending signals
+
+GUIDE = (resources.files("agentfs") / "data" / "AGENTS.md").read_bytes()
 
 
 def signal_pending(pid: int) -> bool:
@@ -69,63 +92,335 @@ def _start_time(pid: int) -> int:
     return int(fields[19]) if len(fields) > 19 else 0
 
 
-def agent_file_ino(view: int, kind: int) -> int:
-    return (1 << 63) | AGENT_FILE | (view << 16) | kind
+def agent_file_ino(view: int, file: int) -> int:
+    return inodes.encode(Kind.AGENT_FILE, view, file)
 
 
 def wait_ino(view: int, seconds: int) -> int:
-    return (1 << 63) | WAIT_FILE | (view << 16) | seconds
+    return inodes.encode(Kind.WAIT, view, seconds)
 
 
 def obs_ino(view: int, turn: int, index: int) -> int:
-    return (1 << 63) | OBS_FILE | (view << 32) | (turn << 8) | index
+    return inodes.encode(Kind.OBSERVATION, view, turn, index)
 
 
-GUIDE = (resources.files("agentfs") / "data" / "AGENTS.md").read_bytes()
+def _wait_seconds(name: bytes) -> int | None:
+    """N for `.wait-N` (DEFAULT_WAIT for `.wait`); None for any other name;
+    ENOENT, with the reason, for a `.wait-` name that is not a wait."""
+    if name == WAIT:
+        return DEFAULT_WAIT
+    if not name.startswith(WAIT + b"-"):
+        return None
+    digits = name[len(WAIT) + 1:]
+    if not digits.isdigit():
+        raise FsError(errno.ENOENT, "use inbox/.wait or inbox/.wait-SECONDS")
+    secs = int(digits)
+    if secs > MAX_WAIT:
+        raise FsError(errno.ENOENT, f"wait at most {MAX_WAIT} seconds")
+    return secs
 
 
-class AgentFiles:
-    def __init__(self, fs: FileSystem, errors: ErrorLog, mountpoint: str = "") -> None:
+class Wait(Handle):
+    """inbox/.wait: the first read blocks until a message is there (or the
+    timeout), and gives its name."""
+
+    def __init__(self, ino: int, pid: int, files: AgentFiles) -> None:
+        super().__init__(ino, pid)
+        self.files = files
+        self.content: bytes | None = None
+
+    async def read(self, off: int, size: int) -> bytes:
+        if self.content is None:
+            self.content = await self.files.wait(self.ino, self.pid)
+        return self.content[off:off + size]
+
+
+class AgentFiles(Namespace):
+    def __init__(self, fs: FileSystem, agents: Agents, errors: ErrorLog, effects: Effects,
+                 rules: AgentRules) -> None:
         self.fs = fs
-        self.agents = Agents(fs)
+        self.agents = agents
         self.errors = errors
-        self.mountpoint = os.path.realpath(mountpoint) if mountpoint else ""
+        self.effects = effects
+        self.rules = rules
+        self.contexts = Contexts(agents)
         self.arrivals: dict[int, trio.Event] = {}  # view -> set when a message lands
-        self.contexts = Contexts(self.agents)
-        # pid -> (agent view, process start time): recursive removers refused there.
-        self.removers: dict[int, tuple[int, int]] = {}
-        self.agents.adopt_old_records()
-        dropped = inbox.drop_staged(self.agents)
-        self.dropped_at_start = dropped
 
     # ------------------------------------------------------------ identification
 
-    @staticmethod
-    def owns(ino: int) -> bool:
-        return bool(ino >> 63) and bool(ino & (AGENT_FILE | WAIT_FILE | OBS_FILE)
-                                        or ino == GUIDE_INO)
-
-    @staticmethod
-    def is_wait(ino: int) -> bool:
-        return bool(ino >> 63) and bool(ino & WAIT_FILE)
-
-    def _decode(self, ino: int) -> tuple[Agent, int]:
-        if ino & OBS_FILE:
-            view = (ino >> 32) & 0x7FFFFFF
-            a = self.agents.by_view(view)
-            if a is None:
-                raise FsError(errno.ENOENT, "the agent is gone")
-            return a, ino & 0xFFFFFFFF
-        view = (ino >> 16) & VIEW_MASK
-        a = self.agents.by_view(view)
+    def _decode(self, ino: int) -> tuple[Kind, Agent | None, tuple[int, ...]]:
+        """(kind, its agent (None for AGENTS.md), the other fields)."""
+        kind, values = inodes.decode(ino)
+        if kind is Kind.GUIDE:
+            return kind, None, ()
+        a = self.agents.by_view(values[0])
         if a is None:
             raise FsError(errno.ENOENT, "the agent is gone")
-        return a, ino & 0xFFFF
+        return kind, a, values[1:]
+
+    def _agent(self, ino: int) -> tuple[Kind, Agent, tuple[int, ...]]:
+        kind, a, rest = self._decode(ino)
+        assert a is not None
+        return kind, a, rest
+
+    def describe(self, ino: int) -> str:
+        """The path of a generated file, for messages."""
+        try:
+            kind, a, rest = self._decode(ino)
+        except FsError:
+            return "this file"
+        if a is None:
+            return GUIDE_NAME.decode()
+        if kind is Kind.OBSERVATION:
+            return f"agents/{a.name}/observations/{self._observation(a, *rest).id}"
+        if kind is Kind.WAIT:
+            return f"agents/{a.name}/inbox/.wait"
+        return f"agents/{a.name}/{FILE_NAMES[rest[0]]}"
+
+    def fixed(self, ino: int) -> FsError:
+        return FsError(errno.EACCES, f"{self.describe(ino)} is generated by agentfs: "
+                       "read-only")
+
+    @staticmethod
+    def writable(ino: int) -> bool:
+        """Only an agent's `ctl` and `parent` take writes among the generated files."""
+        kind, values = inodes.decode(ino)
+        return kind is Kind.AGENT_FILE and values[1] in WRITABLE
+
+    # ------------------------------------------------------------ names in stored dirs
+
+    def lookup_in(self, dir_ino: int, name: bytes, pid: int) -> Entry | None:
+        if dir_ino == ROOT_INO:
+            return virtual(self._attr(GUIDE_INO, pid)) if name == GUIDE_NAME else None
+        r = self.rules.role(dir_ino)
+        if r is None:
+            return None
+        a, role = r
+        if role is Role.ROOT and name in FILES:
+            return virtual(self._attr(agent_file_ino(a.view, FILES[name]), pid))
+        if role is Role.INBOX:
+            secs = _wait_seconds(name)
+            if secs is not None:
+                return virtual(self._attr(wait_ino(a.view, secs), pid))
+        return None
+
+    def names_in(self, dir_ino: int) -> list[tuple[bytes, Entry]]:
+        """AGENTS.md at the root (once agents/ exists), an agent's generated files."""
+        if dir_ino == ROOT_INO:
+            return [(GUIDE_NAME, virtual(self._attr(GUIDE_INO, 0)))] \
+                if self.rules.agents_dir() is not None else []
+        r = self.rules.role(dir_ino)
+        if r is None or r[1] is not Role.ROOT:
+            return []
+        return [(n, virtual(self._attr(agent_file_ino(r[0].view, f), 0)))
+                for n, f in sorted(FILES.items())]
+
+    def reserves(self, dir_ino: int, name: bytes) -> bool:
+        if dir_ino == ROOT_INO:
+            return name == GUIDE_NAME
+        r = self.rules.role(dir_ino)
+        if r is None:
+            return False
+        if r[1] is Role.ROOT:
+            return name in FILES
+        return r[1] is Role.INBOX and (name == WAIT or name.startswith(WAIT + b"-"))
+
+    # ------------------------------------------------------------ its own inodes
+
+    def lookup(self, parent: int, name: bytes, pid: int) -> Entry:
+        kind, a, rest = self._decode(parent)
+        if a is None or kind is not Kind.AGENT_FILE or rest[0] != OBS_DIR:
+            raise FsError(errno.ENOTDIR)
+        for obs, attr in self._obs_attrs(a):
+            if obs.id.encode() == name:
+                return virtual(attr)
+        raise FsError(errno.ENOENT, f"no observation {name!r}")
+
+    def getattr(self, ino: int, pid: int) -> Entry:
+        return virtual(self._attr(ino, pid))
+
+    def _attr(self, ino: int, pid: int) -> Attr:
+        """Attributes of a generated file, with its real size (what a read by
+        `pid` would return now), so that tar, rsync and cp copy it whole."""
+        kind, a, rest = self._decode(ino)
+        if a is None:
+            root = self.fs.getattr(ROOT_INO)
+            return Attr(stat.S_IFREG | 0o444, 0, 0, size=len(GUIDE), atime_ns=root.ctime_ns,
+                        mtime_ns=root.ctime_ns, ctime_ns=root.ctime_ns, ino=ino)
+        root = self.agents.attr_of(a, Role.ROOT)
+        if kind is Kind.OBSERVATION:
+            return _file_attr(root, ino, stat.S_IFREG | 0o444, self._observation(a, *rest).size)
+        if kind is Kind.WAIT:
+            return _file_attr(root, ino, stat.S_IFREG | 0o444)
+        if rest[0] == OBS_DIR:
+            return _file_attr(root, ino, stat.S_IFDIR | 0o555)
+        mode = stat.S_IFREG | (0o666 if rest[0] in WRITABLE else 0o444)
+        try:
+            size = len(self.content(ino, pid))
+        except FsError:
+            size = 0  # (reading it says why)
+        return _file_attr(root, ino, mode, size)
+
+    def setattr(self, ino: int, ch: SetAttr, pid: int) -> Entry:
+        if self.writable(ino) and ch.size is not None:
+            return self.getattr(ino, pid)  # `>` truncates first: allow, and change nothing
+        if ch.size is not None:
+            raise self.fixed(ino)
+        raise FsError(errno.EPERM, f"{self.describe(ino)} is generated by agentfs: its "
+                      "attributes cannot be changed")
+
+    def open(self, ino: int, flags: int, pid: int) -> Handle:
+        kind, a, rest = self._decode(ino)
+        if kind is Kind.AGENT_FILE and rest[0] == OBS_DIR:
+            raise FsError(errno.EISDIR)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC) and not self.writable(ino):
+            raise self.fixed(ino)
+        if kind is Kind.WAIT:
+            return Wait(ino, pid, self)
+        # Content first: a failure must leave no handle behind.
+        content = self.content(ino, pid)
+        if self.writable(ino):
+            return Commands(ino, pid, lambda line: self.control(ino, line, pid),
+                            lambda: content, "control file")
+        return Content(ino, pid, content)
+
+    def opendir(self, ino: int, pid: int) -> Handle:
+        kind, a, rest = self._decode(ino)
+        if a is None or kind is not Kind.AGENT_FILE or rest[0] != OBS_DIR:
+            raise FsError(errno.ENOTDIR)
+        return Listing(ino, lambda start: self._obs_listing(ino, start))
+
+    def _obs_listing(self, ino: int, start: int) -> Iterator[tuple[bytes, Entry, int]]:
+        _, a, _ = self._agent(ino)
+        files = [(o.id.encode(), virtual(attr)) for o, attr in self._obs_attrs(a)]
+        return numbered(files, 1, start)
+
+    def moved(self, ino: int) -> FsError:
+        return FsError(errno.EPERM, f"{self.describe(ino)} is generated by agentfs: it "
+                       "cannot be renamed or linked")
+
+    # ------------------------------------------------------------ content
+
+    def content(self, ino: int, pid: int) -> bytes:
+        """What reading a generated file returns (fixed at open)."""
+        kind, a, rest = self._decode(ino)
+        if a is None:
+            return GUIDE
+        if kind is Kind.WAIT:
+            return b""
+        if kind is Kind.OBSERVATION:
+            return self._observation(a, *rest).text
+        name = FILE_NAMES[rest[0]]
+        if name == "errstr":
+            return self.errors.for_pid(pid).encode()
+        if name in ("ctl", "status"):
+            return f"{a.status} turns={a.turns}\n".encode()
+        if name == "parent":
+            return (a.parent + "\n").encode() if a.parent else b""
+        if name == "children":
+            return "".join(c + "\n" for c in self.agents.children(a.name)).encode()
+        if name == "context.json":
+            return self.contexts.render(a)
+        raise FsError(errno.EISDIR)
+
+    def observations(self, a: Agent) -> list[Observation]:
+        """Bulky tool results in the transcript (read incrementally)."""
+        return self.contexts.observations(a)
+
+    def _observation(self, a: Agent, turn: int, index: int) -> Observation:
+        found = [o for o in self.observations(a) if o.turn == turn]
+        if index >= len(found):
+            raise FsError(errno.ENOENT, "no such observation")
+        return found[index]
+
+    def _obs_attrs(self, a: Agent) -> list[tuple[Observation, Attr]]:
+        """Every file of observations/ with its attributes, from one listing
+        (at most MAX_OBS_PER_TURN a turn have a number)."""
+        root = self.agents.attr_of(a, Role.ROOT)
+        out, seen = [], {}  # type: ignore[var-annotated]
+        for o in self.observations(a):
+            k = seen.get(o.turn, 0)
+            seen[o.turn] = k + 1
+            if k < MAX_OBS_PER_TURN:
+                out.append((o, _file_attr(root, obs_ino(a.view, o.turn, k),
+                                          stat.S_IFREG | 0o444, o.size)))
+        return out
+
+    async def wait(self, ino: int, pid: int = 0) -> bytes:
+        """inbox/.wait: block until a message is there (or the timeout); print its name.
+
+        pyfuse3 does not pass FUSE_INTERRUPT on, and the kernel waits for the
+        answer even for a killed reader: so look at the reader's pending
+        signals now and then, and give up (EINTR) once it has one.
+        """
+        _, a, (secs,) = self._agent(ino)
+        deadline = trio.current_time() + secs
+        while True:
+            names = inbox.inbox_messages(self.agents, self.agents.get(a.name))
+            if names:
+                return names[0] + b"\n"
+            left = deadline - trio.current_time()
+            if left <= 0:
+                return b""
+            ev = self.arrivals.setdefault(a.view, trio.Event())
+            with trio.move_on_after(min(left, SIGNAL_POLL)):
+                await ev.wait()
+            if pid and signal_pending(pid):
+                raise FsError(errno.EINTR, "interrupted while waiting for a message")
+
+    def arrived(self, view: int) -> None:
+        """A message landed in agent `view`'s inbox: wake its waiters."""
+        ev = self.arrivals.pop(view, None)
+        if ev is not None:
+            ev.set()
+
+    # ------------------------------------------------------------ control
+
+    def control(self, ino: int, line: bytes, pid: int) -> None:
+        """One line written to an agent's `ctl` or `parent`."""
+        _, a, (file,) = self._agent(ino)
+        text = line.decode("utf-8", "replace").strip()
+        try:
+            if FILE_NAMES[file] == "parent":
+                self.agents.set_parent(a.name, text)  # (once: EEXIST after that)
+                result = Result(f"{a.name}'s parent is {text}")
+            else:
+                result = run_agent_command(self.agents, a, text)
+        except FsError as e:
+            raise e.within(f"agents/{a.name}/{FILE_NAMES[file]}: {text}")
+        self.effects.done(result)
+
+
+def _file_attr(root: Attr, ino: int, mode: int, size: int = 0) -> Attr:
+    """A generated file of an agent: owned like the agent, timed like its directory."""
+    return Attr(mode, root.uid, root.gid, nlink=1, size=size, atime_ns=root.mtime_ns,
+                mtime_ns=root.mtime_ns, ctime_ns=root.ctime_ns, ino=ino)
+
+
+class AgentRules:
+    """What agents change about stored inodes (asked by the stored tree)."""
+
+    def __init__(self, fs: FileSystem, agents: Agents, mountpoint: str = "") -> None:
+        self.fs = fs
+        self.agents = agents
+        self.mountpoint = os.path.realpath(mountpoint) if mountpoint else ""
+        # pid -> (agent view, process start time): recursive removers refused there.
+        self.removers: dict[int, tuple[int, int]] = {}
+        self.agents.adopt_old_records()
+        self.dropped_at_start = inbox.drop_staged(self.agents)
 
     def role(self, ino: int) -> tuple[Agent, Role] | None:
-        if ino >> 63:
+        """(agent, role) if stored inode `ino` is one of an agent's skeleton files."""
+        if inodes.kind_of(ino) is not Kind.STORED:
             return None
         return self.agents.role_of(ino)
+
+    def agents_dir(self) -> int | None:
+        """The inode of `MOUNT/agents` (made by the first mkdir of it, or spawn)."""
+        try:
+            return self.fs.lookup(ROOT_INO, AGENTS_DIR).ino
+        except FsError:
+            return None
 
     def sender(self, pid: int) -> str:
         """Who a process speaks for: $AGENTFS_AGENT, else the agent whose
@@ -147,155 +442,11 @@ class AgentFiles:
                 return cwd[len(prefix):].split("/", 1)[0]
         return f"pid{pid}"
 
-    # ------------------------------------------------------------ namespace
+    # ------------------------------------------------------------ spawn, messages
 
-    def lookup(self, parent: int, name: bytes, pid: int = 0) -> Attr | None:
-        if parent == ROOT_INO and name == b"AGENTS.md":
-            return self.virtual_attr(GUIDE_INO)
-        if parent & AGENT_FILE and parent >> 63 and parent & 0xFFFF == OBS_DIR_KIND:
-            a, _ = self._decode(parent)
-            for obs, attr in self._obs_attrs(a):
-                if obs.id.encode() == name:
-                    return attr
-            raise FsError(errno.ENOENT, f"no observation {name!r}")
-        r = self.role(parent)
-        if r is None:
-            return None
-        a, role = r
-        if role is Role.ROOT and name == b"observations":
-            return self.virtual_attr(agent_file_ino(a.view, OBS_DIR_KIND))
-        if role is Role.ROOT and name in FILES:
-            return self.virtual_attr(agent_file_ino(a.view, FILES[name]), pid)
-        if role is Role.INBOX and (name == b".wait" or name.startswith(b".wait-")):
-            secs = DEFAULT_WAIT
-            if name != b".wait":
-                try:
-                    secs = int(name[6:])
-                except ValueError:
-                    raise FsError(errno.ENOENT, "use inbox/.wait or inbox/.wait-SECONDS")
-                if not 0 <= secs <= MAX_WAIT:
-                    raise FsError(errno.ENOENT, f"wait at most {MAX_WAIT} seconds")
-            return self.virtual_attr(wait_ino(a.view, secs))
-        return None
-
-    def virtual_attr(self, ino: int, pid: int = 0) -> Attr:
-        """Attributes of a virtual file, with its real size (what a read by
-        `pid` would return now), so that tar, rsync and cp copy it whole."""
-        if ino == GUIDE_INO:
-            root = self.fs.getattr(ROOT_INO)
-            return Attr(stat.S_IFREG | 0o444, 0, 0, size=len(GUIDE), atime_ns=root.ctime_ns,
-                        mtime_ns=root.ctime_ns, ctime_ns=root.ctime_ns, ino=ino)
-        a, kind = self._decode(ino)
-        root = self.agents.attr_of(a, Role.ROOT)
-        if ino & OBS_FILE:
-            return self._file_attr(root, ino, stat.S_IFREG | 0o444,
-                                   self._observation(a, kind).size)
-        if ino & AGENT_FILE and kind == OBS_DIR_KIND:
-            return self._file_attr(root, ino, stat.S_IFDIR | 0o555)
-        mode = stat.S_IFREG | (0o666 if self.writable(ino) else 0o444)
-        size = 0
-        if ino & AGENT_FILE:
-            try:
-                size = len(self.content(ino, pid))
-            except FsError:
-                pass  # (reading it says why)
-        return self._file_attr(root, ino, mode, size)
-
-    @staticmethod
-    def writable(ino: int) -> bool:
-        """Only an agent's `ctl` and `parent` take writes among the generated files."""
-        return bool(ino & AGENT_FILE) and not ino & (WAIT_FILE | OBS_FILE) \
-            and ino & 0xFFFF in (FILES[b"ctl"], FILES[b"parent"])
-
-    def describe(self, ino: int) -> str:
-        """The path of a virtual file, for messages."""
-        if ino == GUIDE_INO:
-            return "AGENTS.md"
-        try:
-            a, kind = self._decode(ino)
-        except FsError:
-            return "this file"
-        if ino & OBS_FILE:
-            return f"agents/{a.name}/observations/{self._observation(a, kind).id}"
-        if ino & WAIT_FILE:
-            return f"agents/{a.name}/inbox/.wait"
-        if kind == OBS_DIR_KIND:
-            return f"agents/{a.name}/observations"
-        return f"agents/{a.name}/{KIND_NAMES[kind].decode()}"
-
-    @staticmethod
-    def _file_attr(root: Attr, ino: int, mode: int, size: int = 0) -> Attr:
-        """An agent's virtual file: owned like the agent, timed like its directory."""
-        return Attr(mode, root.uid, root.gid, nlink=1, size=size, atime_ns=root.mtime_ns,
-                    mtime_ns=root.mtime_ns, ctime_ns=root.ctime_ns, ino=ino)
-
-    def _obs_attrs(self, a: Agent) -> list[tuple[Observation, Attr]]:
-        """Every file of observations/ with its attributes, from one listing."""
-        root = self.agents.attr_of(a, Role.ROOT)
-        return [(o, self._file_attr(root, ino, stat.S_IFREG | 0o444, o.size))
-                for o, ino in self._obs_entries(a)]
-
-    def observations(self, a: Agent) -> list[Observation]:
-        """Bulky tool results in the transcript (read incrementally)."""
-        return self.contexts.observations(a)
-
-    def _observation(self, a: Agent, key: int) -> Observation:
-        turn, k = key >> 8, key & 0xFF
-        found = [o for o in self.observations(a) if o.turn == turn]
-        if k >= len(found):
-            raise FsError(errno.ENOENT, "no such observation")
-        return found[k]
-
-    def _obs_entries(self, a: Agent) -> list[tuple[Observation, int]]:
-        """Each observation with its inode (turn and index within the turn)."""
-        out, seen = [], {}  # type: ignore[var-annotated]
-        for o in self.observations(a):
-            k = seen.get(o.turn, 0)
-            seen[o.turn] = k + 1
-            if k < 256:
-                out.append((o, obs_ino(a.view, o.turn, k)))
-        return out
-
-    def extra_entries(self, dir_ino: int) -> list[tuple[bytes, Attr]]:
-        """Entries readdir adds: AGENTS.md at the root (once agents/ exists),
-        an agent's virtual files, the files of its observations/."""
-        if dir_ino == ROOT_INO:
-            return [(b"AGENTS.md", self.virtual_attr(GUIDE_INO))] \
-                if self.agents_dir_exists() else []
-        if dir_ino >> 63 and dir_ino & AGENT_FILE and dir_ino & 0xFFFF == OBS_DIR_KIND:
-            a, _ = self._decode(dir_ino)
-            return [(o.id.encode(), attr) for o, attr in self._obs_attrs(a)]
-        r = self.role(dir_ino)
-        if r is None or r[1] is not Role.ROOT:
-            return []
-        kinds = sorted([*FILES.items(), (b"observations", OBS_DIR_KIND)])
-        return [(n, self.virtual_attr(agent_file_ino(r[0].view, k))) for n, k in kinds]
-
-    def agents_dir_exists(self) -> bool:
-        try:
-            self.fs.lookup(ROOT_INO, AGENTS_DIR)
-        except FsError:
-            return False
-        return True
-
-    def is_inbox(self, dir_ino: int) -> bool:
-        r = self.role(dir_ino)
-        return r is not None and r[1] is Role.INBOX
-
-    def hidden(self, dir_ino: int, name: bytes) -> bool:
-        """Messages still being written are not listed."""
-        return name.startswith(inbox.STAGED_PREFIX) and (r := self.role(dir_ino)) is not None \
-            and r[1] is Role.INBOX
-
-    def _is_agents_dir(self, ino: int) -> bool:
-        """`MOUNT/agents` (made by the first `mkdir MOUNT/agents` or spawn)."""
-        try:
-            return self.fs.lookup(ROOT_INO, AGENTS_DIR).ino == ino
-        except FsError:
-            return False
-
-    def mkdir(self, parent: int, name: bytes, pid: int, uid: int, gid: int) -> Attr | None:
-        if not self._is_agents_dir(parent):
+    def spawn(self, parent: int, name: bytes, pid: int, uid: int, gid: int) -> Attr | None:
+        """`mkdir agents/NAME` spawns an agent (None: `parent` is not agents/)."""
+        if parent != self.agents_dir():
             return None
         spawner = self.sender(pid)
         if self.agents.by_name(spawner) is None:
@@ -306,8 +457,10 @@ class AgentFiles:
             raise e.within(f"mkdir agents/{name.decode(errors='replace')}")
         return self.fs.getattr(a.root_ino)
 
-    def create(self, parent: int, name: bytes, pid: int, uid: int, gid: int,
-               nonce: int) -> tuple[Attr, tuple[Agent, bytes, str]] | None:
+    def stage(self, parent: int, name: bytes, pid: int, uid: int, gid: int,
+              nonce: int) -> tuple[Attr, tuple[Agent, bytes, str]] | None:
+        """A file created in an inbox is a message, staged until its last close
+        (None: `parent` is no inbox)."""
         r = self.role(parent)
         if r is None or r[1] is not Role.INBOX:
             return None
@@ -318,12 +471,19 @@ class AgentFiles:
             raise e.within(f"agents/{a.name}/inbox/{name.decode(errors='replace')}")
         return attr, (a, inbox.staged_name(name, nonce), self.sender(pid))
 
-    def deliver(self, staged: tuple[Agent, bytes, str]) -> None:
+    def deliver(self, staged: tuple[Agent, bytes, str]) -> int:
+        """Deliver a staged message; returns the view of the inbox it landed in."""
         a, name, sender = staged
         inbox.deliver_message(self.agents, a, name, sender)
-        ev = self.arrivals.pop(a.view, None)
-        if ev is not None:
-            ev.set()
+        return a.view
+
+    def is_inbox(self, dir_ino: int) -> bool:
+        r = self.role(dir_ino)
+        return r is not None and r[1] is Role.INBOX
+
+    def hidden(self, dir_ino: int, name: bytes) -> bool:
+        """Messages still being written are not listed."""
+        return name.startswith(inbox.STAGED_PREFIX) and self.is_inbox(dir_ino)
 
     def held_open(self, pid: int, ino: int) -> bool:
         """Does process `pid` still have file `ino` of this mount open?
@@ -352,169 +512,71 @@ class AgentFiles:
                 return True
         return False
 
-    @staticmethod
-    def refuse(pid: int, code: int, message: str) -> FsError:
-        """The error to raise (the daemon records its reason for `errstr`)."""
-        return FsError(code, message)
+    # ------------------------------------------------------------ the skeleton's rules
 
     def check_removal(self, parent: int, name: bytes, pid: int) -> None:
         """Refuse to remove what agentfs generates, and keep an agent whole
         under `rm -r`: a recursive remover unlinks the generated files of the
         agent's directory first (they are listed first), so once a process
         has tried that, nothing inside that agent is removed by it."""
-        if parent == ROOT_INO and name == b"AGENTS.md":
-            raise self.refuse(pid, errno.EPERM, "AGENTS.md is generated by agentfs; it "
-                              "cannot be removed")
-        a = self.agents.by_view(split_ino(parent)[0])
+        if parent == ROOT_INO and name == GUIDE_NAME:
+            raise FsError(errno.EPERM, "AGENTS.md is generated by agentfs; it cannot be "
+                          "removed")
+        # (Forks nested in the agent's workspace are other views: find the agent
+        # whose tree holds them, or rm -r would empty those.)
+        a = self.agents.owner_of_view(split_ino(parent)[0])
         if a is None:
             return
-        if parent == a.root_ino and (name in FILES or name == b"observations"):
+        if parent == a.root_ino and name in FILES:
             self.removers[pid] = (a.view, _start_time(pid))
-            raise self.refuse(pid, errno.EPERM, f"agents/{a.name}/{name.decode()} is "
-                              f"generated by agentfs; to remove the agent, rmdir agents/"
-                              f"{a.name} (rm -r would empty it file by file: refused, "
-                              "nothing in it was removed)")
+            raise FsError(errno.EPERM, f"agents/{a.name}/{name.decode()} is generated by "
+                          f"agentfs; to remove the agent, rmdir agents/{a.name} (rm -r would "
+                          "empty it file by file: refused, nothing in it was removed)")
         guard = self.removers.get(pid)
         if guard is not None and guard == (a.view, _start_time(pid)):
-            raise self.refuse(pid, errno.EPERM, f"agents/{a.name}: a recursive removal of "
-                              f"an agent is refused so that it stays whole; rmdir agents/"
-                              f"{a.name} removes it at once")
+            raise FsError(errno.EPERM, f"agents/{a.name}: a recursive removal of an agent "
+                          f"is refused so that it stays whole; rmdir agents/{a.name} "
+                          "removes it at once")
 
-    def remove_agent_dir(self, parent: int, child: int, pid: int) -> Result | None:
+    def remove_agent_dir(self, parent: int, child: int) -> Result | None:
         """`rmdir agents/NAME` removes the agent, whole, though it holds files
         (the cgroupfs convention). None if `child` is not an agent's directory."""
         a = self.agents.agent_root(child)
-        if a is None or not self._is_agents_dir(parent):
+        if a is None or parent != self.agents_dir():
             return None
         try:
             self.agents.remove(a.name)
         except FsError as e:
-            raise self.refuse(pid, e.errno, f"rmdir agents/{a.name}: {e.message}")
+            raise e.within(f"rmdir agents/{a.name}")
         return Result(f"removed agent {a.name}", [(parent, a.name.encode(), child)],
                       gc_wanted=True)
 
-    def check(self, ino: int, what: str, pid: int) -> None:
-        """EPERM (reason in errstr) for what an agent's skeleton file does not allow."""
+    def check(self, ino: int, what: str) -> None:
+        """EPERM (with the reason) for what an agent's skeleton file does not allow."""
         r = self.role(ino)
-        if r is None:
-            return
-        refuse_change(r[0], r[1], what)
+        if r is not None:
+            refuse_change(r[0], r[1], what)
 
-    # ------------------------------------------------------------ content
-
-    def is_transcript(self, ino: int) -> Agent | None:
+    def transcript(self, ino: int) -> Agent | None:
         r = self.role(ino)
         return r[0] if r is not None and r[1] is Role.TRANSCRIPT else None
 
-    def append_lines(self, a: Agent, lines: list[bytes], pid: int) -> None:
+    def append_lines(self, a: Agent, lines: list[bytes]) -> None:
         """Append the complete lines of one write(), each a turn, in one
         transaction: all of them, or (EINVAL, with the reason) none."""
         if lines:
             self.agents.append_lines(a.name, lines, view=a.view)
 
-    def write(self, ino: int, offset: int, data: bytes) -> None:
+    def write(self, ino: int, offset: int, data: bytes, truncate: bool = False) -> None:
         """A write to a stored file: an agent's files keep their rules (config
         is validated), any other file is plain data."""
         r = self.role(ino)
         if r is None:
             self.fs.write(ino, offset, data)
         else:
-            self.agents.write_file(r[0], r[1], offset, data)
+            self.agents.write_file(r[0], r[1], offset, data, truncate)
 
-    def content(self, ino: int, pid: int) -> bytes:
-        """What reading a virtual agent file returns (fixed at open)."""
-        if ino == GUIDE_INO:
-            return GUIDE
-        if ino & WAIT_FILE:
-            return b""
-        a, kind = self._decode(ino)
-        if ino & OBS_FILE:
-            return self._observation(a, kind).text
-        name = KIND_NAMES[kind]
-        if name == b"errstr":
-            return self.errors.for_pid(pid).encode()
-        if name in (b"ctl", b"status"):
-            return f"{a.status} turns={a.turns}\n".encode()
-        if name == b"parent":
-            return (a.parent + "\n").encode() if a.parent else b""
-        if name == b"children":
-            return "".join(c + "\n" for c in self.agents.children(a.name)).encode()
-        return self.render_context(a)
-
-    def render_context(self, a: Agent) -> bytes:
-        return self.contexts.render(a)
-
-    async def wait(self, ino: int, pid: int = 0) -> bytes:
-        """inbox/.wait: block until a message is there (or the timeout); print its name.
-
-        pyfuse3 does not pass FUSE_INTERRUPT on, and the kernel waits for the
-        answer even for a killed reader: so look at the reader's pending
-        signals now and then, and give up (EINTR) once it has one.
-        """
-        a, secs = self._decode(ino)
-        deadline = trio.current_time() + secs
-        while True:
-            names = inbox.inbox_messages(self.agents, self.agents.get(a.name))
-            if names:
-                return names[0] + b"\n"
-            left = deadline - trio.current_time()
-            if left <= 0:
-                return b""
-            ev = self.arrivals.setdefault(a.view, trio.Event())
-            with trio.move_on_after(min(left, SIGNAL_POLL)):
-                await ev.wait()
-            if pid and signal_pending(pid):
-                raise FsError(errno.EINTR, "interrupted while waiting for a message")
-
-    # ------------------------------------------------------------ control
-
-    def control(self, ino: int, line: bytes, pid: int) -> Result:
-        """One line written to an agent's `ctl` or `parent`."""
-        a, kind = self._decode(ino)
-        text = line.decode("utf-8", "replace").strip()
-        try:
-            if KIND_NAMES[kind] == b"parent":
-                if a.parent:
-                    raise FsError(errno.EEXIST, f"parent is already {a.parent}")
-                self.agents.set_parent(a.name, text)
-                return Result(f"{a.name}'s parent is {text}")
-            return run_agent_command(self.agents, a, text)
-        except FsError as e:
-            raise e.within(f"agents/{a.name}/{KIND_NAMES[kind].decode()}: {text}")
-
-    def turn_snapshot(self, dir_ino: int, name: bytes) -> Attr | None:
-        """`.snapshots/turn-N` of an agent: the agent as it was after turn N
-        (made on first visit, kept under the agent's own directory, so that it
-        stays when the agent the turn was inherited from is removed)."""
-        turn = self.turn_of(dir_ino, name)
-        if turn is None:
-            return None
-        a = self.agents.agent_root(dir_ino)
-        assert a is not None
-        try:
-            return self.fs.snapshot_root(a.root_ino, name)
-        except FsError as e:
-            if e.errno != errno.ENOENT:
-                raise
-        owner, epoch = self.agents.turn_epoch(a.name, turn)
-        return self.fs.snapshot(a.root_ino, name, epoch, source=fuse_ino(owner, Role.ROOT))
-
-    def turn_of(self, dir_ino: int, name: bytes) -> int | None:
-        """N if `name` is `turn-N` in the .snapshots of an agent's directory."""
-        if not name.startswith(b"turn-") or self.agents.agent_root(dir_ino) is None:
-            return None
-        digits = name[5:]
-        if not digits.isdigit() or digits.startswith(b"0"):
-            return None
-        return int(digits)
-
-    def turn_snapshots(self, dir_ino: int) -> list[bytes]:
-        """The turn snapshots an agent's .snapshots lists (turn-1 .. turn-T)."""
-        a = self.agents.agent_root(dir_ino)
-        return [] if a is None else [b"turn-%d" % n for n in range(1, a.turns + 1)]
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def view_of(self, ino: int) -> int:
-        return split_ino(ino)[0]
+    def defers_truncate(self, ino: int) -> bool:
+        """Does O_TRUNC on `ino` wait for the first write (config: validated whole)?"""
+        r = self.role(ino)
+        return r is not None and self.agents.validated_on_write(r[1])

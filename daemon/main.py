@@ -16,8 +16,8 @@ import trio
 
 from agentfs.posix.fs import FileSystem
 from agentfs.storage import lock as storelock
+from agentfs.storage.engines import open_engine
 from agentfs.storage.gc import collect_steps, queued
-from agentfs.storage.kv import LmdbEngine
 
 from .operations import Operations, invalidate_kernel_cache
 
@@ -130,7 +130,7 @@ def run_mount(mountpoint: str, store: Path, ready: callable | None = None,  # ty
     """Mount and serve until unmounted or signalled. Raises MountError."""
     check_mountpoint(mountpoint)
     lock_fd = lock_store(store, mountpoint)
-    engine = LmdbEngine(store / "lmdb")
+    engine = open_engine(f"lmdb:{store}")
     try:
         fs = FileSystem(engine)
         freed = fs.free_orphans()

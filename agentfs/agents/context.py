@@ -130,6 +130,11 @@ class _Incremental:
     renderer: Renderer
     offset: int = 0  # transcript bytes consumed (always whole lines)
     observations: list[Observation] = field(default_factory=list)
+    # The last body rendered and the recitation it was rendered with: a read of
+    # context.json is a lookup, a getattr or two (its size) and an open, which
+    # would otherwise render it about four times (bench: render was half of the
+    # daemon's samples at 1k turns).
+    last: tuple[str | None, bytes] | None = None
 
     def catch_up(self, new: bytes) -> None:
         """Append the whole lines at the start of `new`, the transcript from `offset`."""
@@ -140,7 +145,14 @@ class _Incremental:
                 line = json.loads(raw)
                 turn = self.renderer.append(line)
                 self.observations += extract_observations(turn, line, threshold)
+        if end:
+            self.last = None
         self.offset += end
+
+    def body(self, todo: str | None) -> bytes:
+        if self.last is None or self.last[0] != todo:
+            self.last = (todo, self.renderer.render(todo) + b"\n")
+        return self.last[1]
 
 
 class Contexts:
@@ -178,8 +190,7 @@ class Contexts:
 
     def render(self, a: Agent) -> bytes:
         """context.json: the body and a newline. Reads only."""
-        inc = self._current(a)
-        return inc.renderer.render(recitation(self.agents, a)) + b"\n"
+        return self._current(a).body(recitation(self.agents, a))
 
     def compaction(self, a: Agent) -> CompactionState:
         """The agent's compaction state (stubbing point and compaction turns)."""

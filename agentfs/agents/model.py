@@ -38,7 +38,7 @@ from agentfs.agents.render import (
     validate_next,
 )
 from agentfs.errors import FsError
-from agentfs.posix.fs import ROOT_INO, FileSystem, Tree
+from agentfs.posix.fs import ROOT_INO, FileSystem, SetAttr, Tree
 from agentfs.storage import codec, keys
 from agentfs.storage.codec import Attr, fuse_ino, split_ino
 from agentfs.storage.keys import attr_suffix
@@ -177,6 +177,23 @@ class Agents:
     def by_view(self, view: int) -> Agent | None:
         """The agent whose view this is (None for any other view)."""
         return self.fs.query(lambda t: self._by_view(t, view))
+
+    def owner_of_view(self, view: int) -> Agent | None:
+        """The agent whose tree holds `view`: its own view, or a fork or
+        snapshot nested in it (e.g. a directory forked into its workspace)."""
+        def op(t: Tree) -> Agent | None:
+            vid = view
+            for _ in range(1000):
+                a = self._by_view(t, vid)
+                if a is not None or not t.tx.view_exists(vid):
+                    return a
+                container = t.tx.view(vid).container
+                if not container or container == vid:
+                    return None
+                vid = container
+            return None
+
+        return self.fs.query(op)
 
     def role_of(self, ino: int) -> tuple[Agent, Role] | None:
         """(agent, role) if `ino` is one of an agent's skeleton files."""
@@ -320,11 +337,16 @@ class Agents:
                     if len(lines) > 1 else "")
             raise FsError(errno.EINVAL, f"agents/{name}/transcript: line refused: {e}{more}")
 
-    def write_file(self, a: Agent, role: Role, offset: int, data: bytes) -> Attr:
-        """A write to one of the agent's files, in one transaction. `config` must
-        still parse afterwards (EINVAL naming the key and its allowed values,
-        and nothing written): a typo would otherwise break context.json."""
+    def write_file(self, a: Agent, role: Role, offset: int, data: bytes,
+                   truncate: bool = False) -> Attr:
+        """A write to one of the agent's files (after truncating it, if asked:
+        `>` on config truncates with its first write), in one transaction.
+        `config` must still parse afterwards (EINVAL naming the key and its
+        allowed values, and nothing written): a typo would otherwise break
+        context.json."""
         with self.fs.transaction() as t:
+            if truncate:
+                t.setattr(a.ino(role), SetAttr(size=0))
             attr = t.write(a.ino(role), offset, data)
             if role is Role.CONFIG:
                 content, _ = t.read(attr.ino, 0, attr.size)
@@ -334,6 +356,12 @@ class Agents:
                     raise FsError(errno.EINVAL, f"agents/{a.name}/{e.reason} (the write was "
                                   "refused; the file is as it was)")
             return attr
+
+    @staticmethod
+    def validated_on_write(role: Role) -> bool:
+        """Files whose every write is checked whole: a truncation must wait for
+        the write that follows it, so that a refused write leaves them as they were."""
+        return role is Role.CONFIG
 
     def turn_epoch(self, name: str, turn: int) -> tuple[int, int]:
         """(the view that owns turn `turn` of `name`'s history, its epoch)."""

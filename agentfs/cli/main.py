@@ -63,12 +63,12 @@ def main() -> None:
 
 @main.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="LMDB store directory (default $XDG_DATA_HOME/agentfs/default)")
+@click.option("--store", default=None,
+              help="store URL: lmdb:DIR, or just DIR (default $XDG_DATA_HOME/agentfs/default)")
 @click.option("--foreground/--background", default=False,
               help="stay attached (systemd, tests) or return once mounted")
 @click.option("--debug", is_flag=True, help="log every request")
-def mount(mountpoint: str, store: Path | None, foreground: bool, debug: bool) -> None:
+def mount(mountpoint: str, store: str | None, foreground: bool, debug: bool) -> None:
     """Mount the store on MOUNTPOINT."""
     import logging
 
@@ -76,11 +76,15 @@ def mount(mountpoint: str, store: Path | None, foreground: bool, debug: bool) ->
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    store = store or default_store()
+    url = store_url(store)
+    if url.directory is None:
+        raise click.ClickException(f"{url} cannot be mounted: a mount needs a store kept in "
+                                   "a directory (lmdb:DIR)")
+    directory = url.directory
     if not foreground:
-        sys.exit(daemonize_and_mount(mountpoint, store, debug))
+        sys.exit(daemonize_and_mount(mountpoint, directory, debug))
     try:
-        run_mount(mountpoint, store, debug=debug)
+        run_mount(mountpoint, directory, debug=debug)
     except MountError as e:
         raise click.ClickException(str(e))
 
@@ -254,27 +258,45 @@ def snapshots(directory: str) -> None:
 
 
 @main.command()
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--store", default=None, help="store URL or directory (lmdb:DIR)")
 @click.option("--mount", "mountpoint", type=click.Path(exists=True, file_okay=False), default=None,
               help="run gc inside the daemon serving this mount")
-def gc(store: Path | None, mountpoint: str | None) -> None:
+def gc(store: str | None, mountpoint: str | None) -> None:
     """Reclaim versions and blocks no view can see."""
     if mountpoint:
         click.echo(control(find_mount(mountpoint), "gc"))
         return
     from agentfs.posix.fs import FileSystem
     from agentfs.storage.gc import collect
-    from agentfs.storage.kv import LmdbEngine
 
-    path = (store or default_store()) / "lmdb"
-    if not path.exists():
-        raise click.ClickException(f"no store at {path.parent}")
-    lock = _lock_unmounted(path.parent)
-    fs = FileSystem(LmdbEngine(path))
+    url = store_url(store)
+    lock = _lock_unmounted(url.directory) if url.directory and url.directory.is_dir() else None
+    fs = FileSystem(open_store(url))
     stats = collect(fs.store, everything=True)
     fs.engine.close()
-    os.close(lock)
+    if lock is not None:
+        os.close(lock)
     click.echo(" ".join(f"{k}={v}" for k, v in stats.items()))
+
+
+def store_url(store: str | None) -> Any:
+    """The store named by --store (a URL, or a directory: an LMDB store)."""
+    from agentfs.storage.engines import parse
+
+    try:
+        return parse(store or default_store())
+    except ValueError as e:
+        raise click.ClickException(str(e))
+
+
+def open_store(url: Any) -> Any:
+    """The engine of an existing store (a clear error when there is none)."""
+    from agentfs.storage.engines import StoreMissing, open_engine
+
+    try:
+        return open_engine(url, create=False)
+    except StoreMissing as e:
+        raise click.ClickException(str(e))
 
 
 def _lock_unmounted(store: Path) -> int:
@@ -289,16 +311,12 @@ def _lock_unmounted(store: Path) -> int:
 
 
 @main.command()
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None)
-def fsck(store: Path | None) -> None:
+@click.option("--store", default=None, help="store URL or directory (lmdb:DIR)")
+def fsck(store: str | None) -> None:
     """Check every invariant of the store; exit 0 only when clean."""
     from agentfs.fsck import check_store
-    from agentfs.storage.kv import LmdbEngine
 
-    path = (store or default_store()) / "lmdb"
-    if not path.exists():
-        raise click.ClickException(f"no store at {path.parent}")
-    engine = LmdbEngine(path)
+    engine = open_store(store_url(store))
     report = check_store(engine)
     engine.close()
     for line in report.problems:

@@ -26,7 +26,14 @@ ROOT_VIEW = 1
 ROOT_LOCAL = 1
 
 
+# The view part takes the bits up to 62: bit 63 marks the daemon's virtual
+# inodes (daemon/inodes.py), so a stored inode number must never reach it.
+MAX_VIEW = 1 << (63 - LOCAL_BITS)  # view ids are 1 .. MAX_VIEW
+
+
 def fuse_ino(view: int, local: int) -> int:
+    if not (1 <= view <= MAX_VIEW and 0 <= local <= LOCAL_MASK):
+        raise OverflowError(f"inode ({view}, {local}) does not fit an inode number")
     return ((view - 1) << LOCAL_BITS) | local
 
 

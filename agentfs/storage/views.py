@@ -144,6 +144,9 @@ class Tx:
                  container: int, kind: str, next_ino: int) -> ViewDef:
         chain = self.useful_levels(chain)
         vid = self.store.next_view
+        if vid > codec.MAX_VIEW:
+            raise FsError(errno.ENOSPC, f"the store has used all {codec.MAX_VIEW} view ids "
+                          "(forks and snapshots)")
         self.store.next_view += 1
         self.txn.put(keys.meta("next_view"), codec.pack(self.store.next_view))
         v = ViewDef(vid, chain, root, readonly, container, self.store.epoch, next_ino, kind)
@@ -161,6 +164,8 @@ class Tx:
         if nxt is None or nxt >= limit:
             v = self.view(vid)
             nxt = max(nxt or 0, v.next_ino)
+            if nxt + INO_BATCH > codec.LOCAL_MASK:
+                raise FsError(errno.ENOSPC, "this tree has used all its inode numbers")
             v.next_ino = nxt + INO_BATCH
             self.save_view(v)
             self.store._ino_limit[vid] = v.next_ino

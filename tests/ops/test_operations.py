@@ -13,103 +13,30 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pyfuse3
 import pytest
-import trio
 from agentfs.daemon.operations import CTL_INO, CTLDIR_INO, ERRSTR_INO, VIRTUAL, Operations
+from opsutil import (
+    CTX,
+    OTHER_PID,
+    PID,
+    Token,
+    create,
+    ctl_open,
+    errstr,
+    fields,
+    fuse_errno,
+    listdir,
+    mkdir,
+    run,
+)
 
 from agentfs.fsck import check_store
 from agentfs.posix.fs import ROOT_INO, FileSystem
 from agentfs.storage.kv import MemoryEngine, NoSpace
-
-PID = 3_999_001  # beyond any real pid: errstr finds no ancestors in /proc
-OTHER_PID = 3_999_002
-
-
-@dataclass
-class Ctx:
-    """Stand-in for pyfuse3.RequestContext (whose attributes are read-only)."""
-
-    uid: int = 1000
-    gid: int = 1000
-    pid: int = PID
-    umask: int = 0o022
-
-
-CTX = Ctx()
-
-
-def run(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    return trio.run(fn, *args)
-
-
-def fuse_errno(fn: Callable[..., Awaitable[Any]], *args: Any) -> int:
-    """Run a handler that must fail; return the errno of its FUSEError."""
-    with pytest.raises(pyfuse3.FUSEError) as info:
-        run(fn, *args)
-    return info.value.errno
-
-
-@pytest.fixture
-def fs() -> Iterator[FileSystem]:
-    f = FileSystem(MemoryEngine())
-    yield f
-    report = check_store(f.engine)
-    assert not report.problems, "fsck after the test:\n" + "\n".join(report.problems)
-
-
-@pytest.fixture
-def ops(fs: FileSystem, tmp_path: Path) -> Operations:
-    return Operations(fs, str(tmp_path))
-
-
-def mkdir(ops: Operations, parent: int, name: bytes) -> int:
-    return int(run(ops.mkdir, parent, name, 0o755, CTX).st_ino)
-
-
-def create(ops: Operations, parent: int, name: bytes, data: bytes = b"") -> tuple[int, int]:
-    """(inode, file handle) of a new regular file holding `data`."""
-    fi, e = run(ops.create, parent, name, 0o644, os.O_WRONLY, CTX)
-    if data:
-        assert run(ops.write, fi.fh, 0, data) == len(data)
-    return int(e.st_ino), int(fi.fh)
-
-
-# ----------------------------------------------------------------- readdir recorder
-
-
-@dataclass
-class Token:
-    """Plays the kernel's readdir buffer: room for `room` entries."""
-
-    room: int = 1000
-    entries: list[tuple[bytes, int, int]] = field(default_factory=list)
-
-
-@pytest.fixture
-def readdir_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
-    def reply(token: Token, name: bytes, attr: pyfuse3.EntryAttributes, off: int) -> bool:
-        if len(token.entries) >= token.room:
-            return False
-        token.entries.append((name, attr.st_ino, off))
-        return True
-
-    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
-
-
-def listdir(ops: Operations, ino: int, room: int = 1000, start: int = 0) -> Token:
-    fh = run(ops.opendir, ino, CTX)
-    tok = Token(room)
-    run(ops.readdir, fh, start, tok)
-    run(ops.releasedir, fh)
-    return tok
-
 
 # ----------------------------------------------------------------- lookup counts
 
@@ -139,7 +66,7 @@ def test_lookup_counts(ops: Operations, fs: FileSystem) -> None:
     run(ops.release, fh)
 
 
-def test_getattr_entry_fields(ops: Operations) -> None:
+def test_getattr_entryfields(ops: Operations) -> None:
     ino, fh = create(ops, ROOT_INO, b"f", b"x" * 1000)
     e = run(ops.getattr, ino, CTX)
     assert e.st_ino == ino
@@ -374,7 +301,7 @@ def test_nospace_becomes_enospc(tmp_path: Path, caplog: pytest.LogCaptureFixture
     # Freeing space makes writes work again.
     attr = pyfuse3.EntryAttributes()
     attr.st_size = 0
-    run(ops.setattr, ino, attr, _fields(update_size=True), fh, CTX)
+    run(ops.setattr, ino, attr, fields(update_size=True), fh, CTX)
     assert run(ops.write, fh, 0, b"again") == 5
     report = check_store(fs.engine)
     assert not report.problems
@@ -436,12 +363,6 @@ def test_nospace_when_grow_gives_up(ops: Operations, fs: FileSystem,
 # ----------------------------------------------------------------- files and attributes
 
 
-def _fields(**kw: bool) -> SimpleNamespace:
-    names = ["update_atime", "update_mtime", "update_ctime", "update_mode", "update_uid",
-             "update_gid", "update_size"]
-    return SimpleNamespace(**{n: kw.get(n, False) for n in names})
-
-
 def test_read_write_through_handles(ops: Operations) -> None:
     ino, fh = create(ops, ROOT_INO, b"f")
     assert run(ops.write, fh, 0, b"hello ") == 6
@@ -468,7 +389,7 @@ def test_setattr(ops: Operations) -> None:
     attr.st_uid = 7
     attr.st_mtime_ns = 1_000_000_000
     e = run(ops.setattr, ino, attr,
-            _fields(update_size=True, update_mode=True, update_uid=True, update_mtime=True),
+            fields(update_size=True, update_mode=True, update_uid=True, update_mtime=True),
             fh, CTX)
     assert e.st_size == 4
     assert stat.S_IMODE(e.st_mode) == 0o600 and stat.S_ISREG(e.st_mode)
@@ -503,12 +424,12 @@ def test_virtual_inodes_refuse_changes(ops: Operations) -> None:
         assert fuse_errno(ops.getxattr, ino, b"user.k", CTX) == errno.ENODATA
         assert run(ops.listxattr, ino, CTX) == []
     attr = pyfuse3.EntryAttributes()
-    assert fuse_errno(ops.setattr, ERRSTR_INO, attr, _fields(update_mode=True), None,
+    assert fuse_errno(ops.setattr, ERRSTR_INO, attr, fields(update_mode=True), None,
                       CTX) == errno.EPERM
-    assert fuse_errno(ops.setattr, CTLDIR_INO, attr, _fields(update_size=True), None,
+    assert fuse_errno(ops.setattr, CTLDIR_INO, attr, fields(update_size=True), None,
                       CTX) == errno.EPERM
     # `echo cmd > ctl` truncates first: allowed, and changes nothing.
-    e = run(ops.setattr, CTL_INO, attr, _fields(update_size=True), None, CTX)
+    e = run(ops.setattr, CTL_INO, attr, fields(update_size=True), None, CTX)
     assert e.st_ino == CTL_INO
     assert fuse_errno(ops.mkdir, CTLDIR_INO, b"x", 0o755, CTX) == errno.EPERM
     assert fuse_errno(ops.create, CTLDIR_INO, b"x", 0o644, 0, CTX) == errno.EPERM
@@ -520,25 +441,6 @@ def test_virtual_inodes_refuse_changes(ops: Operations) -> None:
 
 
 # ----------------------------------------------------------------- control file
-
-
-def ctl_open(ops: Operations, pid: int = PID) -> int:
-    ctx = Ctx(pid=pid)
-    e = run(ops.lookup, ROOT_INO, b".agentfs", ctx)
-    assert e.st_ino == CTLDIR_INO and stat.S_ISDIR(e.st_mode)
-    e = run(ops.lookup, CTLDIR_INO, b"ctl", ctx)
-    assert e.st_ino == CTL_INO and stat.S_ISREG(e.st_mode)
-    return int(run(ops.open, CTL_INO, os.O_WRONLY, ctx).fh)
-
-
-def errstr(ops: Operations, pid: int = PID) -> bytes:
-    ctx = Ctx(pid=pid)
-    assert run(ops.lookup, CTLDIR_INO, b"errstr", ctx).st_ino == ERRSTR_INO
-    fi = run(ops.open, ERRSTR_INO, os.O_RDONLY, ctx)
-    try:
-        return bytes(run(ops.read, fi.fh, 0, 65536))
-    finally:
-        run(ops.release, fi.fh)
 
 
 def test_control_fork(ops: Operations, fs: FileSystem) -> None:

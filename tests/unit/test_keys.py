@@ -271,3 +271,13 @@ def test_gc_leaves_no_key_of_a_dropped_view(fs: FileSystem) -> None:
             if keys.prefix_of(k) in keys.VIEW_SCOPED and keys.parse_view_id(k) == removed]
     assert left == [], [k.hex() for k in left]
     assert split_ino(agents.get("bob").ino(Role.INBOX))[0] != removed
+
+
+def test_stored_inode_numbers_never_reach_the_virtual_bit() -> None:
+    from agentfs.storage.codec import LOCAL_MASK, MAX_VIEW, fuse_ino, split_ino
+
+    top = fuse_ino(MAX_VIEW, LOCAL_MASK)
+    assert top < 1 << 63 and split_ino(top) == (MAX_VIEW, LOCAL_MASK)
+    for view, local in ((MAX_VIEW + 1, 1), (0, 1), (1, LOCAL_MASK + 1), (1, -1)):
+        with pytest.raises(OverflowError):
+            fuse_ino(view, local)
