@@ -35,7 +35,7 @@ from agentfs.posix.fs import ROOT_INO, FileSystem, SetAttr
 from agentfs.storage.codec import Attr, split_ino
 
 from . import inodes
-from .errstr import ErrorLog
+from .errstr import ErrorLog, proc_stat_field
 from .inodes import GUIDE_INO, Kind
 from .namespace import (
     Commands,
@@ -83,13 +83,7 @@ def signal_pending(pid: int) -> bool:
 
 def _start_time(pid: int) -> int:
     """When process `pid` started (tells a reused pid from the one we saw)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return 0
-    fields = data[data.rfind(b")") + 2:].split()
-    return int(fields[19]) if len(fields) > 19 else 0
+    return proc_stat_field(pid, 19)
 
 
 def agent_file_ino(view: int, file: int) -> int:

@@ -22,7 +22,8 @@ def shorten(message: str) -> str:
     return f"{message[:500]} …({cut} characters cut)… {message[-300:]}"
 
 
-def parent_pid(pid: int) -> int:
+def proc_stat_field(pid: int, index: int) -> int:
+    """Field `index` (0 = state) after the command name in /proc/PID/stat, or 0."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -30,7 +31,11 @@ def parent_pid(pid: int) -> int:
         return 0
     # The command name may contain spaces and parentheses: split after the last ')'.
     fields = data[data.rfind(b")") + 2:].split()
-    return int(fields[1]) if len(fields) > 1 else 0
+    return int(fields[index]) if len(fields) > index else 0
+
+
+def parent_pid(pid: int) -> int:
+    return proc_stat_field(pid, 1)
 
 
 class ErrorLog:
