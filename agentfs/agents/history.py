@@ -23,8 +23,6 @@ from agentfs.errors import FsError
 from agentfs.posix.forks import Tree
 from agentfs.storage import codec, keys
 
-turn_holder = keys.turn_holder
-
 
 @dataclass
 class Lineage:
@@ -55,7 +53,7 @@ def lineage(t: Tree, view: int) -> Lineage | None:
 
 def record_turn(t: Tree, view: int, turn: int, transcript_size: int) -> int:
     """Remember the agent's whole tree as it is now, as turn `turn`; returns the epoch."""
-    epoch = t.pin_tree(view, turn_holder(view))
+    epoch = t.pin_tree(view, keys.turn_holder(view))
     t.tx.txn.put(keys.turn(view, turn), codec.pack([epoch, transcript_size]))
     return epoch
 
@@ -121,13 +119,13 @@ def release(t: Tree, view: int, is_live: bool) -> None:
                 t.tx.txn.delete(k)
         h = lineage(t, view)
         if keep:
-            t.release(turn_holder(view), dropped)
+            t.release(keys.turn_holder(view), dropped)
             if h is None or h.origin_turn <= keep:
                 return  # what the origin must keep did not change
             h.origin_turn = keep
             t.tx.txn.put(keys.history(view), h.encode())
         else:
-            t.release(turn_holder(view))
+            t.release(keys.turn_holder(view))
             t.tx.txn.delete(keys.history(view))
             if h is None:
                 return

@@ -46,7 +46,6 @@ from agentfs.storage.keys import attr_suffix
 AGENTS_DIR = b"agents"
 NAME_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STATUSES = ("idle", "running", "waiting", "done", "failed")
-turn_holder = history.turn_holder
 
 
 class Role(enum.IntEnum):
