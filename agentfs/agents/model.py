@@ -38,6 +38,7 @@ from agentfs.agents.render import (
     validate_next,
 )
 from agentfs.errors import FsError
+from agentfs.posix import logdata
 from agentfs.posix.fs import ROOT_INO, FileSystem, SetAttr, Tree
 from agentfs.storage import codec, keys
 from agentfs.storage.codec import Attr, fuse_ino, split_ino
@@ -126,8 +127,6 @@ def _last_line(t: Tree, transcript: Attr) -> dict[str, object] | None:
         tail, _ = t.read(transcript.ino, max(0, transcript.size - (1 << 20)), 1 << 20)
         line = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
     else:
-        from agentfs.posix import logdata
-
         line = logdata.decode(raw).rstrip(b"\n")
     try:
         obj = json.loads(line)

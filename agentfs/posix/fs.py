@@ -128,9 +128,7 @@ class FileSystem:
         with self.store.read() as tx:
             return tx.view(split_ino(ino)[0]).readonly
 
-    def parent_of(self, a: Attr) -> int:
-        """The inode number of directory `a`'s parent (the root is its own)."""
-        return ROOT_INO if a.ino == ROOT_INO else Tree.parent_ino(a)
+    parent_of = staticmethod(Tree.parent_of)
 
     def snapshots(self, dir_ino: int) -> list[tuple[bytes, Attr]]:
         return self.query(lambda t: t.snapshots(dir_ino))

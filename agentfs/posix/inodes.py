@@ -202,9 +202,10 @@ class Inodes:
         view, _ = split_ino(a.ino)
         return fuse_ino(a.parent_view or view, a.parent_local)
 
-    def parent_of(self, a: Attr) -> int:
+    @staticmethod
+    def parent_of(a: Attr) -> int:
         """The inode number of directory `a`'s parent (the root is its own)."""
-        return ROOT_INO if a.ino == ROOT_INO else self.parent_ino(a)
+        return ROOT_INO if a.ino == ROOT_INO else Inodes.parent_ino(a)
 
     def link_entry(self, dir_ino: int, name: bytes, child: Attr) -> None:
         dview, dlocal = split_ino(dir_ino)
