@@ -281,6 +281,14 @@ _KEY_CHECKS = {
 def _check_views(tx: Tx, r: Report, seen: _Seen) -> None:
     views, now = seen.views, seen.now
     for vid, v in views.items():
+        if v.kind == "dead" and not seen.pins.get(vid):
+            # Garbage awaiting gc: nothing can reach it, and gc may already have
+            # dropped the views it read through to (they went first once this
+            # one let go of them; each drop is its own transaction). It must
+            # be queued, or nothing would ever reclaim it.
+            if tx.txn.get(keys.gc_queue(vid)) is None:
+                r.problems.append(f"view {vid} is dead and unpinned but not queued for gc")
+            continue
         for ovid, limit in v.chain:
             if ovid not in views:
                 r.problems.append(f"view {vid}: origin view {ovid} is missing")

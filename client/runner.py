@@ -404,6 +404,7 @@ class Runner:
         self.max_turns = max_turns
         self.max_tokens = max_tokens
         self._client = client
+        self._owns_client = client is None  # closed by close(); a given one is the caller's
         self.wait = wait
         self.children_enabled = children
         self.max_retries = max_retries
@@ -436,6 +437,13 @@ class Runner:
 
             self._client = anthropic.Anthropic(max_retries=self.max_retries)
         return self._client
+
+    def close(self) -> None:
+        """Close the HTTP client this runner made (its pooled sockets would
+        otherwise be left to the garbage collector); a given client is the caller's."""
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
 
     def _set_status(self, status: str) -> None:
         try:
@@ -764,4 +772,7 @@ def run_agent(agent: Agent | str | os.PathLike[str], *, model: str | None = None
     runner = Runner(agent, model=model, max_turns=max_turns, max_tokens=max_tokens,
                     client=client, wait=wait, children=children, max_retries=max_retries,
                     log=log, bash_timeout=bash_timeout)
-    return runner.run()
+    try:
+        return runner.run()
+    finally:
+        runner.close()

@@ -11,6 +11,7 @@ features mark themselves with `agentfs_only`.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -28,6 +29,17 @@ PLAIN_TARGET = os.environ.get("AGENTFS_TEST_TARGET")
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "agentfs_only: needs a real agentfs mount")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    """Collect garbage after each test body, so that a resource it leaked (an
+    unclosed socket, file or client) fails that test's teardown, not whichever
+    later test the collector happens to run in (a leaked SDK client once failed
+    an unrelated unit test in CI this way)."""
+    result = yield
+    gc.collect()
+    return result
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -149,8 +149,8 @@ def test_tool_turns_in_the_workspace(m: Mount, tmp_path: Path) -> None:
                             "file_text": "- [x] app prints bye\n"}),
         text("All done."),
     ])
-    with FakeMessagesAPI(script, min_cache_tokens=64) as api:
-        client = anthropic.Anthropic(base_url=api.base_url, api_key="test", max_retries=0)
+    with (FakeMessagesAPI(script, min_cache_tokens=64) as api,
+          anthropic.Anthropic(base_url=api.base_url, api_key="test", max_retries=0) as client):
         result = run_agent(a.path, model=MODEL, client=client)
         reqs = api.messages_requests()
         totals = api.totals()

@@ -271,3 +271,16 @@ def test_every_key_kind_is_damaged_by_some_test() -> None:
                    "inbox sequence": "keys.inbox_seq(", "history": "keys.history(",
                    "pin": "keys.pin(", "snapshot": "keys.snapshot(", "orphan": "keys.orphan("}
         assert builder[p.name] in source, f"no damage test builds a {p.name} key"
+
+
+def test_dead_view_that_gc_would_never_visit(fresh: tuple[Engine, FileSystem]) -> None:
+    """A detached fork is garbage until gc drops it; fsck accepts it only while
+    it is queued, since nothing else would ever reclaim it."""
+    e, fs = fresh
+    d = mkdir(fs, ROOT_INO, b"d")
+    fs.fork(d.ino, ROOT_INO, b"fk")
+    view = split_ino(fs.lookup(ROOT_INO, b"fk").ino)[0]
+    fs.detach(ROOT_INO, b"fk")
+    assert check_store(e).problems == []
+    problems = damage(e, lambda t: t.delete(keys.gc_queue(view)))
+    assert problems == [f"view {view} is dead and unpinned but not queued for gc"], problems
