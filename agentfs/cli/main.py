@@ -15,6 +15,9 @@ from typing import Any
 
 import click
 
+from agentfs.cli.completion import agent_names, agent_or_path
+from agentfs.cli.graph import FORMATS as TREE_FORMATS
+
 
 def default_store() -> Path:
     data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
@@ -114,6 +117,18 @@ def umount(mountpoint: str, timeout: float) -> None:
         time.sleep(0.05)
 
 
+def json_option(shape: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--json: print the command's result as JSON of the given (documented) shape."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help=f"print JSON instead: {shape}")
+
+
+def echo_json(value: Any) -> None:
+    import json
+
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
 def mount_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--mount", "mount_opt", type=click.Path(file_okay=False), default=None,
@@ -176,7 +191,7 @@ def the_agent(arg: str, mount_opt: str | None) -> Any:
 
 
 @main.command()
-@click.argument("src")
+@click.argument("src", shell_complete=agent_or_path)
 @click.argument("dst")
 @click.option("--at", "epoch", type=int, default=None,
               help="directories: fork the state at a pinned epoch; agents: fork the agent "
@@ -251,9 +266,15 @@ def snapshot(directory: str, name: str, delete: bool, epoch: int | None) -> None
 
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-def snapshots(directory: str) -> None:
+@json_option("[{name, path}], by name")
+def snapshots(directory: str, as_json: bool) -> None:
     """List the snapshots of DIRECTORY."""
-    for name in sorted(os.listdir(Path(directory) / ".snapshots")):
+    where = Path(os.path.abspath(directory)) / ".snapshots"
+    names = sorted(os.listdir(where))
+    if as_json:
+        echo_json([{"name": n, "path": str(where / n)} for n in names])
+        return
+    for name in names:
         click.echo(name)
 
 
@@ -261,10 +282,15 @@ def snapshots(directory: str) -> None:
 @click.option("--store", default=None, help="store URL or directory (lmdb:DIR)")
 @click.option("--mount", "mountpoint", type=click.Path(exists=True, file_okay=False), default=None,
               help="run gc inside the daemon serving this mount")
-def gc(store: str | None, mountpoint: str | None) -> None:
+@json_option("{views, versions, dropped_views}: what this run collected")
+def gc(store: str | None, mountpoint: str | None, as_json: bool) -> None:
     """Reclaim versions and blocks no view can see."""
     if mountpoint:
-        click.echo(control(find_mount(mountpoint), "gc"))
+        status = control(find_mount(mountpoint), "gc")
+        if as_json:
+            echo_json(gc_counts(status))
+        else:
+            click.echo(status)
         return
     from agentfs.posix.fs import FileSystem
     from agentfs.storage.gc import collect
@@ -276,7 +302,22 @@ def gc(store: str | None, mountpoint: str | None) -> None:
     fs.engine.close()
     if lock is not None:
         os.close(lock)
-    click.echo(" ".join(f"{k}={v}" for k, v in stats.items()))
+    if as_json:
+        echo_json(stats)
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in stats.items()))
+
+
+def gc_counts(status: str) -> dict[str, int]:
+    """The counts in the daemon's status line after `gc`: ... last='gc views=N ...'."""
+    import ast
+
+    try:
+        last = ast.literal_eval(status.split(" last=", 1)[1].strip())
+        return {k: int(v) for k, v in (w.split("=", 1) for w in last.split()[1:])}
+    except (IndexError, ValueError, SyntaxError) as e:
+        raise click.ClickException(f"unexpected status from the daemon after gc: {status!r} "
+                                   f"({e})")
 
 
 def store_url(store: str | None) -> Any:
@@ -312,13 +353,18 @@ def _lock_unmounted(store: Path) -> int:
 
 @main.command()
 @click.option("--store", default=None, help="store URL or directory (lmdb:DIR)")
-def fsck(store: str | None) -> None:
+@json_option("{clean, problems, summary}")
+def fsck(store: str | None, as_json: bool) -> None:
     """Check every invariant of the store; exit 0 only when clean."""
     from agentfs.fsck import check_store
 
     engine = open_store(store_url(store))
     report = check_store(engine)
     engine.close()
+    if as_json:
+        echo_json({"clean": not report.problems, "problems": report.problems,
+                   "summary": report.summary()})
+        sys.exit(1 if report.problems else 0)
     for line in report.problems:
         click.echo(f"PROBLEM {line}")
     click.echo(report.summary())
@@ -330,7 +376,7 @@ def fsck(store: str | None) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--parent", default=None,
+@click.option("--parent", default=None, shell_complete=agent_names,
               help="record agent PARENT as the spawner (default: $AGENTFS_AGENT, or the "
                    "agent whose directory this runs in)")
 @click.option("--prompt-file", type=click.File("r"), default=None,
@@ -346,9 +392,9 @@ def spawn(name: str, parent: str | None, prompt_file: Any, mount_opt: str | None
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=agent_or_path)
 @click.argument("text")
-@click.option("--from", "sender", default=None,
+@click.option("--from", "sender", default=None, shell_complete=agent_names,
               help="send as agent SENDER (default: $AGENTFS_AGENT, or the agent whose "
                    "directory this runs in)")
 @click.option("--name", "msg_name", default="msg", show_default=True,
@@ -367,7 +413,7 @@ def send(name: str, text: str, sender: str | None, msg_name: str,
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=agent_or_path)
 @click.option("--wait", "wait", type=float, default=None,
               help="give up after SECONDS (exit 1); default: wait until a message comes")
 @click.option("--keep", is_flag=True, help="leave the message in the inbox")
@@ -394,7 +440,7 @@ def recv(name: str, wait: float | None, keep: bool, as_json: bool,
 
 
 @main.command()
-@click.argument("agent")
+@click.argument("agent", shell_complete=agent_or_path)
 @click.option("--model", default=None,
               help="the Claude model (default: the one the agent last ran with, a fork's "
                    "origin's included; else $AGENTFS_MODEL; else claude-sonnet-4-6)")
@@ -445,63 +491,82 @@ def lineage_records(mount_opt: str | None) -> list[dict[str, Any]]:
         return m.lineage()  # type: ignore[no-any-return]
 
 
-def fork_point(r: dict[str, Any]) -> str:
-    if not r.get("origin"):
-        return ""
-    return f"{r['origin']}@{r.get('shared_prefix_turns', 0)}"
+def agent_infos(mount_opt: str | None) -> list[dict[str, Any]]:
+    """Every agent's lineage record with its usage (agentinfo.agent_info), parents first."""
+    from agentfs.cli.agentinfo import agent_infos as join
+
+    m = client_mount(mount_opt)
+    with client_errors():
+        return join(m, m.lineage())
 
 
 @main.command(name="ls")
+@json_option("[{name, status, turns, parent, origin, kind, shared_prefix_turns, usage}], "
+             "by name")
 @mount_option
-def ls_agents(mount_opt: str | None) -> None:
-    """List the agents: name, status, turns, parent, origin (fork source@turn)."""
-    rows = [("NAME", "STATUS", "TURNS", "PARENT", "ORIGIN")]
-    for r in sorted(lineage_records(mount_opt), key=lambda r: r["name"]):
-        rows.append((r["name"], str(r.get("status", "")), str(r.get("turns", "")),
-                     r.get("parent") or "-", fork_point(r) or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+def ls_agents(as_json: bool, mount_opt: str | None) -> None:
+    """List the agents: name, status, turns, parent, origin (fork source@turn), cost
+    and cache-read share (from agents/NAME/usage; - when it has none of its own)."""
+    from agentfs.cli.agentinfo import ls_lines
+
+    infos = agent_infos(mount_opt)
+    if as_json:
+        echo_json(sorted(infos, key=lambda i: i["name"]))
+        return
+    for line in ls_lines(infos):
+        click.echo(line)
 
 
 @main.command()
+@click.option("--format", "fmt", type=click.Choice(TREE_FORMATS),
+              default=None, help="text (default), json, Graphviz dot source, or svg/png "
+                                 "drawn by Graphviz's dot (default: from -o FILE's suffix)")
+@click.option("--json", "as_json", is_flag=True,
+              help="the same as --format json: the roots, each agent as in ls --json with "
+                   "its children nested")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="write to FILE instead of stdout")
 @mount_option
-def tree(mount_opt: str | None) -> None:
-    """Draw the spawn/fork tree (children under their parent)."""
-    from agentfs.client import tree_order
+def tree(fmt: str | None, as_json: bool, output: str | None, mount_opt: str | None) -> None:
+    """Draw the spawn/fork tree (children under their parent), as text or a graph."""
+    from agentfs.cli import graph, treeview
 
-    records = {r["name"]: r for r in lineage_records(mount_opt)}
-    kids: dict[str, list[str]] = {}
-    for r in tree_order(records):
-        p = r.get("parent")
-        if p in records and p != r["name"]:
-            kids.setdefault(p, []).append(r["name"])
-    drawn: set[str] = set()
+    if as_json and fmt not in (None, "json"):
+        raise click.UsageError(f"--json and --format {fmt} contradict each other")
+    fmt = "json" if as_json else graph.format_for(fmt, output)
+    infos = agent_infos(mount_opt)
+    if fmt == "text":
+        data = "".join(line + "\n" for line in treeview.text_lines(infos)).encode()
+    elif fmt == "json":
+        import json
 
-    def label(n: str) -> str:
-        r = records[n]
-        parts = [n]
-        if r.get("origin"):
-            at = r.get("shared_prefix_turns", 0)
-            parts.append(f"fork@{at}" if r["origin"] == r.get("parent")
-                         else f"fork of {r['origin']}@{at}")
-        parts.append(f"{r.get('status', '')} turns={r.get('turns', 0)}")
-        p = r.get("parent")
-        if p and p not in records:
-            parts.append(f"(parent {p} is gone)")
-        return "  ".join(parts)
+        data = (json.dumps(treeview.nested_json(infos), indent=2, ensure_ascii=False)
+                + "\n").encode()
+    else:
+        data = graph.dot_source(infos).encode()
+        if fmt in graph.RENDERED:
+            try:
+                data = graph.render(data.decode(), fmt)
+            except graph.RenderError as e:
+                raise click.ClickException(str(e))
+    write_output(data, output, binary=fmt == "png")
 
-    def draw(n: str, prefix: str, last: bool, top: bool) -> None:
-        drawn.add(n)
-        click.echo(label(n) if top else prefix + ("└── " if last else "├── ") + label(n))
-        below = [k for k in kids.get(n, []) if k not in drawn]
-        inner = "" if top else prefix + ("    " if last else "│   ")
-        for i, k in enumerate(below):
-            draw(k, inner, i == len(below) - 1, False)
 
-    for r in tree_order(records):
-        if r["name"] not in drawn:
-            draw(r["name"], "", True, True)
+def write_output(data: bytes, output: str | None, binary: bool) -> None:
+    """To -o FILE, else stdout (but no binary image onto a terminal)."""
+    if output is None:
+        if binary and sys.stdout.isatty():
+            raise click.ClickException("not writing a PNG to a terminal: use -o FILE "
+                                       "or redirect stdout")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        with open(output, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {output}: {e.strerror}")
 
 
 def summarise(text: str, full: bool, width: int = 100) -> str:
@@ -548,7 +613,7 @@ def block_lines(b: Any, full: bool) -> list[str]:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=agent_or_path)
 @click.option("--full", is_flag=True, help="do not shorten tool calls and results")
 @mount_option
 def log(name: str, full: bool, mount_opt: str | None) -> None:

@@ -571,8 +571,8 @@ def test_cli_ls(mount: Any) -> None:
     m = Mount(mount.path)
     make_family(m)
     lines = ok(cli("ls", "--mount", mount.path)).splitlines()
-    assert lines[0].split() == ["NAME", "STATUS", "TURNS", "PARENT", "ORIGIN"]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert lines[0].split() == ["NAME", "STATUS", "TURNS", "PARENT", "ORIGIN", "COST", "CACHE"]
+    rows = {line.split()[0]: line.split()[:5] for line in lines[1:]}
     assert rows == {
         "grandkid": ["grandkid", "idle", "0", "kid", "-"],
         "kid": ["kid", "idle", "0", "lead", "-"],
@@ -580,14 +580,14 @@ def test_cli_ls(mount: Any) -> None:
         "loner": ["loner", "idle", "0", "-", "-"],
         "retry": ["retry", "idle", "2", "lead", "lead@2"],
         "twin": ["twin", "running", "3", "lead", "lead@3"],
-    }
+    }  # COST and CACHE: tests/mount/test_tree_graph_cli.py
     assert list(rows) == sorted(rows)
     assert ok(cli("ls", "--mount", mount.path)) == ok(cli("ls", cwd=mount.path))
 
 
 def test_cli_ls_on_an_empty_mount(mount: Any) -> None:
     assert ok(cli("ls", cwd=mount.path)).split() == ["NAME", "STATUS", "TURNS", "PARENT",
-                                                      "ORIGIN"]
+                                                      "ORIGIN", "COST", "CACHE"]
     assert ok(cli("tree", cwd=mount.path)) == ""
     assert ok(cli("export", cwd=mount.path)) == ""
 
