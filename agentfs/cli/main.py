@@ -124,9 +124,10 @@ def json_option(shape: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
 
 
 def echo_json(value: Any) -> None:
+    """One line, as recv --json and export print (pipe it to jq to read it)."""
     import json
 
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    click.echo(json.dumps(value, ensure_ascii=False))
 
 
 def mount_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -538,10 +539,7 @@ def tree(fmt: str | None, as_json: bool, output: str | None, mount_opt: str | No
     if fmt == "text":
         data = "".join(line + "\n" for line in treeview.text_lines(infos)).encode()
     elif fmt == "json":
-        import json
-
-        data = (json.dumps(treeview.nested_json(infos), indent=2, ensure_ascii=False)
-                + "\n").encode()
+        data = treeview.nested_json_text(infos).encode()
     else:
         data = graph.dot_source(infos).encode()
         if fmt in graph.RENDERED:

@@ -8,6 +8,9 @@ agents as a Graphviz graph.
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +30,8 @@ def in_tree_order(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def forest(infos: list[dict[str, Any]]) -> list[Node]:
     """The roots, each agent placed once: under its parent if that one is
-    listed and not yet placed (which also breaks parent cycles)."""
+    listed and not yet placed (which also breaks parent cycles). Iterative:
+    a chain of forks may be thousands deep."""
     ordered = in_tree_order(infos)
     names = {i["name"] for i in ordered}
     kids: dict[str, list[dict[str, Any]]] = {}
@@ -36,16 +40,33 @@ def forest(infos: list[dict[str, Any]]) -> list[Node]:
         if isinstance(p, str) and p in names and p != i["name"]:
             kids.setdefault(p, []).append(i)
     placed: set[str] = set()
+    roots: list[Node] = []
+    for top in ordered:
+        if top["name"] in placed:
+            continue
+        placed.add(top["name"])
+        roots.append(Node(top))
+        stack = [roots[-1]]
+        while stack:
+            node = stack.pop()
+            for k in kids.get(node.info["name"], []):
+                if k["name"] not in placed:
+                    placed.add(k["name"])
+                    node.children.append(Node(k))
+            stack.extend(reversed(node.children))
+    return roots
 
-    def place(info: dict[str, Any]) -> Node:
-        placed.add(info["name"])
-        node = Node(info)
-        for k in kids.get(info["name"], []):
-            if k["name"] not in placed:
-                node.children.append(place(k))
-        return node
 
-    return [place(i) for i in ordered if i["name"] not in placed]
+def walk(roots: list[Node]) -> Iterator[tuple[Node, list[bool]]]:
+    """Depth first, parents before children: each node with, for each of its
+    ancestors below the root and itself, whether it is its parent's last child."""
+    stack: list[tuple[Node, list[bool]]] = [(r, []) for r in reversed(roots)]
+    while stack:
+        node, lasts = stack.pop()
+        yield node, lasts
+        n = len(node.children)
+        stack.extend((k, [*lasts, i == n - 1]) for i, k in reversed(list(enumerate(
+            node.children))))
 
 
 def text_label(info: dict[str, Any], names: set[str]) -> str:
@@ -64,24 +85,35 @@ def text_label(info: dict[str, Any], names: set[str]) -> str:
 def text_lines(infos: list[dict[str, Any]]) -> list[str]:
     """The tree drawn with box characters, children under their parent."""
     names = {i["name"] for i in infos}
-    out: list[str] = []
-
-    def draw(node: Node, prefix: str, last: bool, top: bool) -> None:
-        label = text_label(node.info, names)
-        out.append(label if top else prefix + ("└── " if last else "├── ") + label)
-        inner = "" if top else prefix + ("    " if last else "│   ")
-        for n, kid in enumerate(node.children):
-            draw(kid, inner, n == len(node.children) - 1, False)
-
-    for root in forest(infos):
-        draw(root, "", True, True)
+    out = []
+    for node, lasts in walk(forest(infos)):
+        rails = "".join("    " if last else "│   " for last in lasts[:-1])
+        branch = ("└── " if lasts[-1] else "├── ") if lasts else ""
+        out.append(rails + branch + text_label(node.info, names))
     return out
 
 
 def nested_json(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`tree --json`: the roots, each agent's dict with its "children" nested."""
+    return _nested(forest(infos))
 
-    def as_json(node: Node) -> dict[str, Any]:
-        return {**node.info, "children": [as_json(k) for k in node.children]}
 
-    return [as_json(root) for root in forest(infos)]
+def _nested(roots: list[Node]) -> list[dict[str, Any]]:
+    made = {id(n): {**n.info, "children": []} for n, _ in walk(roots)}
+    for n, _ in walk(roots):
+        made[id(n)]["children"] = [made[id(k)] for k in n.children]
+    return [made[id(r)] for r in roots]
+
+
+def nested_json_text(infos: list[dict[str, Any]]) -> str:
+    """nested_json on one line (indented, a deep tree's text would grow with
+    the square of its depth). The encoder recurses, twice per level: allow the
+    tree's depth for the time it takes."""
+    roots = forest(infos)
+    depth = max((len(lasts) for _, lasts in walk(roots)), default=0)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 4 * depth + 200))
+    try:
+        return json.dumps(_nested(roots), ensure_ascii=False) + "\n"
+    finally:
+        sys.setrecursionlimit(old)

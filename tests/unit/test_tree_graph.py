@@ -221,3 +221,16 @@ def test_ls_lines() -> None:
     assert rows["retry"] == ["retry", "failed", "3", "lead", "lead@2", "-", "-"]
     assert list(rows) == sorted(rows)
     assert len({len(line) for line in lines[:1]}) == 1
+
+
+def test_a_deep_chain_of_forks() -> None:
+    """Thousands of forks of forks: no recursion limit in the way."""
+    depth = 3000
+    infos = [rec("a0", turns=1)] + [rec(f"a{n}", f"a{n - 1}", f"a{n - 1}", at=1, turns=1)
+                                    for n in range(1, depth)]
+    lines = treeview.text_lines(infos)
+    assert len(lines) == depth
+    assert lines[2] == "    └── a2  fork@1  idle turns=1"
+    text = treeview.nested_json_text(infos)
+    assert text.count('"name"') == depth and text.endswith("]\n")
+    assert graph.dot_source(infos).count(" [label=") == depth
