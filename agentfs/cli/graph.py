@@ -7,9 +7,9 @@ tree gives the same bytes; svg and png are Debian's `dot` run on it.
 Nodes are agents, named by the agent's name (an SVG node's <title> is
 exactly the name), labelled with its status, turns and, when it has its own
 usage file, its cache-read share and cost. Status shows as fill colour and
-border style. A spawn edge (parent -> child) is solid; a fork edge (origin -> fork)
-is dashed, labelled with the fork point ORIGIN@TURN. Edges carry the SVG
-class `spawn` or `fork`.
+border style. A spawn edge (parent -> child) is solid; a fork edge
+(origin -> fork) is dashed, labelled with the fork point ORIGIN@TURN. Edges
+carry the SVG class `spawn` or `fork`, nodes `agent STATUS`.
 """
 
 from __future__ import annotations
