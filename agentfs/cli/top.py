@@ -280,6 +280,7 @@ class TopApp(App[None]):
         super().__init__()
         self.source = source
         self.asking: tuple[str, str] | None = None  # (what, agent) the prompt is for
+        self.shown: dict[str, str] = {}  # what each one-line Static shows
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -300,6 +301,9 @@ class TopApp(App[None]):
         self.table.focus()
         self.set_interval(TICK, self.tick)
 
+    def on_resize(self) -> None:
+        self.redraw()
+
     def tick(self) -> None:
         try:
             self.source.tick()
@@ -308,7 +312,13 @@ class TopApp(App[None]):
         self.redraw()
 
     def say(self, text: str) -> None:
-        self.query_one("#note", Static).update(Text(text, no_wrap=True, overflow="ellipsis"))
+        self.put("#note", text)
+
+    def put(self, widget: str, text: str) -> None:
+        """Set a one-line Static; an unchanged line costs no repaint (idle CPU)."""
+        if self.shown.get(widget) != text:
+            self.shown[widget] = text
+            self.query_one(widget, Static).update(Text(text, no_wrap=True, overflow="ellipsis"))
 
     def redraw(self) -> None:
         width = self.size.width or 80
@@ -320,10 +330,10 @@ class TopApp(App[None]):
                                 for p, r in ordered], [r.status for _, r in ordered])
         clock = time.strftime("%H:%M:%S")
         title = f"agentfs top  {self.source.mount.path}  {self.source.mode}"
-        self.query_one("#title", Static).update(
-            title[: max(0, width - len(clock) - 1)].ljust(width - len(clock)) + clock)
-        self.query_one("#header", Static).update(top_table.header(width))
-        self.query_one("#totals", Static).update(top_table.totals_line(board, width))
+        self.put("#title", title[: max(0, width - len(clock) - 1)].ljust(width - len(clock))
+                 + clock)
+        self.put("#header", top_table.header(width))
+        self.put("#totals", top_table.totals_line(board, width))
         if self.source.note:
             self.say(self.source.note)
             self.source.note = ""
@@ -345,7 +355,7 @@ class TopApp(App[None]):
             self.push_screen(LogScreen(agent, follow))
 
     def action_reread(self) -> None:
-        self.source.reload()
+        self.source.reload(fresh=True)
         self.say("re-read every agent")
         self.redraw()
 

@@ -45,6 +45,7 @@ class Row:
     last_turn: float | None = None  # unix time of the last transcript line
     own_usage: Any = None  # agentfs.client.runner.Usage from agents/NAME/usage, if its own
     usage_stamp: tuple[int, int, int] | None = None  # that file's (ino, size, mtime) when read
+    inbox_stamp: tuple[int, int] | None = None  # inbox/'s (ino, mtime) when listed
     model: str = ""  # prices the tokens of transcript lines
     line_usage: Any = None  # Usage summed from transcript lines after the fork point
     lines_seen: int = 0  # transcript lines already counted into line_usage
@@ -79,8 +80,9 @@ class Board:
 
     # ------------------------------------------------------------ full reads
 
-    def load(self, mount: Any) -> None:
-        """Re-read every agent (mount: an agentfs.client.Mount)."""
+    def load(self, mount: Any, fresh: bool = False) -> None:
+        """Re-read every agent (mount: an agentfs.client.Mount); `fresh`: even
+        the files whose stat says they have not changed."""
         from agentfs.client import AgentfsError
 
         try:
@@ -95,8 +97,8 @@ class Board:
                 continue
             row = old.get(name) or Row(name)
             fork_turn = int(r.get("shared_prefix_turns") or 0) if r.get("origin") else 0
-            if fork_turn != row.fork_turn:
-                row = Row(name)  # another agent of the same name: count afresh
+            if fresh or fork_turn != row.fork_turn:
+                row = Row(name)  # asked to, or another agent of that name: afresh
             row.parent, row.origin, row.fork_turn = r.get("parent"), r.get("origin"), fork_turn
             row.status, row.turns = str(r.get("status") or ""), int(r.get("turns") or 0)
             self.rows[name] = row
@@ -131,9 +133,15 @@ class Board:
                 row.turns = next((int(w[6:]) for w in words[1:]
                                   if w.startswith("turns=") and w[6:].isdigit()), row.turns)
         try:
-            row.inbox = sum(1 for n in os.listdir(path / "inbox") if not n.startswith("."))
+            # The listing costs the daemon several requests; the directory's
+            # mtime moves with every message delivered or consumed.
+            st = os.stat(path / "inbox")
+            stamp = (st.st_ino, st.st_mtime_ns)
+            if stamp != row.inbox_stamp:
+                row.inbox = sum(1 for n in os.listdir(path / "inbox") if not n.startswith("."))
+                row.inbox_stamp = stamp
         except OSError:
-            row.inbox = 0
+            row.inbox, row.inbox_stamp = 0, None
         self._read_usage(mount, row)
         self._read_transcript(path / "transcript", row)
 

@@ -35,13 +35,14 @@ class Source:
     def mode(self) -> str:
         return "events" if self.tail is not None else f"re-read every {POLL_SECONDS:g}s"
 
-    def reload(self) -> None:
-        """Read everything now; follow the stream from here if there is one."""
+    def reload(self, fresh: bool = False) -> None:
+        """Read everything now (`fresh`: from scratch, trusting no stat); follow
+        the stream from here if there is one."""
         # The stream's end first, then the read: an event in between is seen
         # twice rather than never (turns are counted once anyway, by number).
         self.tail = EventTail.at_end(self.mount.path.joinpath(*EVENTS_FILE),
                                      min_interval=STAT_INTERVAL, clock=self.clock)
-        self.board.load(self.mount)
+        self.board.load(self.mount, fresh)
         self.next_reload = self.clock() + POLL_SECONDS
 
     def tick(self) -> bool:
