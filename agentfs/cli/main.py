@@ -578,7 +578,8 @@ def message_lines(i: int, m: Any, full: bool) -> tuple[str, list[str]]:
 
 @main.command()
 @click.option("--once", is_flag=True,
-              help="print the table once (at the terminal's width, else 80) and exit")
+              help="print the table once (at the terminal's width, else 80) and exit; "
+                   "also what happens when stdout is not a terminal")
 @mount_option
 def top(once: bool, mount_opt: str | None) -> None:
     """A live view of the agents: tree, state, turns, tokens, cache share, cost,

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from typing import Any
 
@@ -46,14 +47,15 @@ STATE_STYLES = {"running": "bold green", "waiting": "yellow", "failed": "bold re
 
 
 def run_top(mount: Any, once: bool) -> None:
+    """The live view; the table once when asked, or when stdout is no terminal."""
     source = Source(mount)
-    if once:
+    if once or not (sys.stdout.isatty() and sys.stdin.isatty()):
         source.reload()
         width = shutil.get_terminal_size((80, 24)).columns
         for line in top_table.table(source.board, width):
             print(line)
         return
-    TopApp(source).run()
+    TopApp(source).run(mouse=False)  # the terminal keeps its own selection (copy, paste)
 
 
 # ---------------------------------------------------------------- actions on an agent

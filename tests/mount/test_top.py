@@ -151,12 +151,19 @@ def reply(words: str) -> dict[str, Any]:
     return {"role": "assistant", "content": [{"type": "text", "text": words}]}
 
 
+def lead(m: Mount, name: str, words: str) -> Agent:
+    """An agent with two turns and the usage file of one request (10k prompt
+    tokens, 79% of them read from the cache, 50 out, $0.0123)."""
+    a = m.spawn(name, prompt="Lead.")
+    a.append(USER)
+    a.append(reply(words))
+    put_usage(a, usage(name, 100, 2000, 7900, 50, 0.0123))
+    return a
+
+
 def test_top_shows_the_agents_and_keeps_up(mount: Any, tmux: Tmux) -> None:
     m = Mount(mount.path)
-    alice = m.spawn("alice", prompt="Lead.")
-    alice.append(USER)
-    alice.append(reply("On it."))
-    put_usage(alice, usage("alice", 100, 2000, 7900, 50, 0.0123))
+    alice = lead(m, "alice", "On it.")
     m.spawn("bob", parent="alice")
     alice.fork("alice-2", at=1)
     start_top(tmux, mount.path)
@@ -183,6 +190,14 @@ def test_top_shows_the_agents_and_keeps_up(mount: Any, tmux: Tmux) -> None:
         "carol, bob's message, turns and figures, alice running")
     assert "└─carol" in screen
     assert rows(screen)["bob"][7].endswith("s")  # its last turn: seconds ago
+    # the same table without a terminal (--once, or stdout not a tty)
+    for args in (["--once"], []):
+        res = subprocess.run([*CLI, "top", "--mount", str(mount.path), *args],
+                             capture_output=True, text=True, env=clean_env(COLUMNS="80"),
+                             timeout=60, stdin=subprocess.DEVNULL)
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        without_last = {k: v[:7] for k, v in rows(res.stdout).items()}  # LAST ticks on
+        assert without_last == {k: v[:7] for k, v in rows(screen).items()}
 
     # m: a message to the selected agent
     select(tmux, "bob")
@@ -295,12 +310,9 @@ def cpu_seconds(pid: int) -> float:
 
 def test_idle_top_costs_the_daemon_almost_nothing(mount: Any, tmux: Tmux) -> None:
     m = Mount(mount.path)
-    lead = m.spawn("lead", prompt="Lead.")
-    lead.append(USER)
-    lead.append(reply("Forking."))
-    put_usage(lead, usage("lead", 100, 2000, 7900, 50, 0.0123))
+    boss = lead(m, "lead", "Forking.")
     for i in range(3):
-        lead.fork(f"fork-{i}", at=1)
+        boss.fork(f"fork-{i}", at=1)
         m.spawn(f"helper-{i}", parent="lead")
         m.send(f"helper-{i}", "task")
     start_top(tmux, mount.path)
