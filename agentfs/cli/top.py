@@ -167,6 +167,9 @@ class AgentTable(Widget, can_focus=True):
         self.app.call_later(self.app.redraw)  # type: ignore[attr-defined]
 
     def render(self) -> Text:
+        if not self.lines:
+            return Text("  no agents yet: agentfs spawn NAME, or mkdir MOUNT/agents/NAME",
+                        style="dim")
         height = max(1, self.size.height)
         i = self.names.index(self.selected) if self.selected in self.names else 0
         self.first = min(max(self.first, i - height + 1), i)

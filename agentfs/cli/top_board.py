@@ -174,6 +174,14 @@ class Board:
             row.last_turn = st.st_mtime
         if row.offset == UNKNOWN or st.st_size < row.offset:
             row.offset, row.lines_seen, row.line_usage = 0, 0, None
+        if row.own_usage is not None:
+            row.offset = UNKNOWN  # its usage file has the figures: no need of the lines
+            return
+        if row.offset == 0 and row.turns == row.fork_turn:
+            # A fork without a line of its own: every line is its origin's, none
+            # counts (100 forks of a long transcript cost 100 stats, not 100 reads).
+            row.offset, row.lines_seen = st.st_size, row.turns
+            return
         if st.st_size == row.offset:
             return
         try:

@@ -338,3 +338,27 @@ def cpu_seconds_tree(pid: int) -> float:
     except OSError:
         kids = []
     return total + sum(cpu_seconds_tree(int(k)) for k in kids)
+
+
+def test_many_agents_scroll_within_80x24(mount: Any, tmux: Tmux) -> None:
+    m = Mount(mount.path)
+    long = "a-name-much-too-long-for-the-agent-column"
+    names = [f"agent-{i:02d}" for i in range(30)] + [long]
+    for n in names:
+        m.spawn(n)
+    start_top(tmux, mount.path)
+    cut = long[:23] + "…"  # it sorts first; cut to the 24 characters of its column
+    screen = tmux.wait(lambda s: cut in rows(s) and "agent-00" in rows(s), "the first agents")
+    lines = screen.splitlines()
+    assert len(lines) == 24 and all(len(line) <= 80 for line in lines)
+    shown = rows(screen)
+    assert 15 <= len(shown) < len(names)  # a screenful, the totals line still in view
+    assert "TOTAL" in screen and "31 agt" in screen
+    tmux.keys("End")
+    screen = tmux.wait(lambda s: selected(s) == "agent-29", "the last agent selected")
+    assert "agent-00" not in rows(screen) and cut not in rows(screen) and "TOTAL" in screen
+    tmux.keys("Home")
+    screen = tmux.wait(lambda s: selected(s) == cut, "the first agent selected again")
+    assert "agent-29" not in rows(screen)
+    tmux.keys("PageDown")
+    tmux.wait(lambda s: selected(s) == "agent-09", "ten agents further")

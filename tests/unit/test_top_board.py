@@ -16,7 +16,7 @@ from agentfs.client import Mount
 from agentfs.client.runner import Usage, price
 
 from agentfs.cli import top_table
-from agentfs.cli.top_board import Row
+from agentfs.cli.top_board import UNKNOWN, Row
 from agentfs.cli.top_source import POLL_SECONDS, Source
 
 
@@ -233,6 +233,13 @@ def test_without_the_stream_everything_is_re_read_every_poll(old: FakeMount) -> 
     assert s.tick()
     row = s.board.rows["a"]
     assert (row.turns, row.status, row.inbox, row.figures().output_tokens) == (2, "done", 1, 77)
+    assert row.offset == UNKNOWN  # its usage file has the figures: its lines are not read
+    with open(d / "transcript", "a") as f:
+        f.write(json.dumps(dict(REPLY, usage={"output_tokens": 5})) + "\n")
+    (d / "usage").unlink()
+    clock.t += POLL_SECONDS
+    s.tick()
+    assert row.figures().output_tokens == 5 and row.lines_seen == 3
     assert row.offset == (d / "transcript").stat().st_size  # read up to here, not again
 
 
@@ -254,9 +261,18 @@ def test_line_usage_in_transcripts_counts_after_the_fork_point(fake: FakeMount) 
     used = dict(REPLY, usage={"input_tokens": 40, "output_tokens": 4})
     fake.agent("a", lines=[USER, used])
     fake.agent("f", parent="a", origin="a", prefix=2, lines=[USER, used, USER, used])
+    fake.agent("g", parent="a", origin="a", prefix=2, lines=[USER, used])
     s = source(fake)
     assert s.board.rows["a"].figures().input_tokens == 40
     assert s.board.rows["f"].figures().input_tokens == 40  # one of the two is its own
+    g = s.board.rows["g"]  # none of its own: not even read
+    assert g.figures() is None and (g.lines_seen, g.offset) == (2, (fake.root / "agents" / "g"
+                                                                     / "transcript").stat().st_size)
+    with open(fake.root / "agents" / "g" / "transcript", "a") as f:
+        f.write(json.dumps(used) + "\n")
+    fake.event("turn", "g", turn=3, role="assistant", bytes=9, usage=used["usage"])
+    tick(s, Clock())
+    assert g.figures().input_tokens == 40
 
 
 # ---------------------------------------------------------------- the table
