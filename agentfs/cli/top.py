@@ -1,11 +1,12 @@
 """`agentfs top`: a live view of a mount's agents, in any terminal (80x24 up,
 no mouse, fine over ssh), on textual.
 
-    agentfs top  /srv/agents  events                                   12:04:51
-      AGENT                STATE   TURNS     IN    OUT CACHE    COST INBOX  LAST
-    > planner              running    12  48.1k   2.3k   91%  $0.084     1    3s
-      ├─coder@4            waiting     7  20.0k    812   88%  $0.031     0    1m
-      TOTAL                2 agt      19  68.1k   3.1k   90%  $0.115     1
+    agentfs top  /srv/agents  events                                     12:04:51
+      AGENT                    STATE   TURNS     IN    OUT CACHE    COST INBOX  LAST
+    > lead                     running    12  48.1k   2.3k   91%  $0.084     1    3s
+      └─helper                 waiting     7  20.0k    812   88%  $0.031     0    1m
+        └─helper-2@4           idle        4      -      -     -       -     0    2m
+      TOTAL 3 agents                      23  68.1k   3.1k   90%  $0.115     1
     ↑↓/jk select  ⏎ log  t follow  m message  f fork  s stop  r re-read  q quit
 
 The data side (`top_source`, `top_board`, `top_table`) knows nothing of the
@@ -123,7 +124,6 @@ def motions(action: str, page: int) -> list[Binding]:
     return [Binding(keys, f"{action}({n})", show=False) for keys, n in steps.items()]
 
 
-
 class AgentTable(Widget, can_focus=True):
     """The agents, one line each, the selected one marked; scrolls to keep it in view."""
 
@@ -164,7 +164,7 @@ class AgentTable(Widget, can_focus=True):
             return
         i = self.names.index(self.selected) if self.selected in self.names else 0
         self.selected = self.names[max(0, min(len(self.names) - 1, i + step))]
-        self.app.call_later(self.app.redraw)  # type: ignore[attr-defined]
+        self.refresh()
 
     def render(self) -> Text:
         if not self.lines:
@@ -175,8 +175,10 @@ class AgentTable(Widget, can_focus=True):
         self.first = min(max(self.first, i - height + 1), i)
         out = Text(no_wrap=True, overflow="crop")
         for j in range(self.first, min(len(self.lines), self.first + height)):
-            style = "reverse" if j == i else STATE_STYLES.get(self.states[j], "")
-            out.append(self.lines[j] + ("\n" if j + 1 < self.first + height else ""), style)
+            line, style = self.lines[j], STATE_STYLES.get(self.states[j], "")
+            if j == i:  # the mark shows without colours too (and in capture-pane)
+                line, style = top_table.SELECTED + line[len(top_table.SELECTED):], "reverse"
+            out.append(line + ("\n" if j + 1 < self.first + height else ""), style)
         return out
 
 
@@ -330,9 +332,9 @@ class TopApp(App[None]):
         board, now = self.source.board, time.time()
         ordered = board.ordered()
         names = [r.name for _, r in ordered]
-        selected = self.table.keep_selection(names)
-        self.table.show(names, [top_table.row_line(p, r, width, now, r.name == selected)
-                                for p, r in ordered], [r.status for _, r in ordered])
+        self.table.keep_selection(names)
+        self.table.show(names, [top_table.row_line(p, r, width, now) for p, r in ordered],
+                        [r.status for _, r in ordered])
         clock = time.strftime("%H:%M:%S")
         title = f"agentfs top  {self.source.mount.path}  {self.source.mode}"
         self.put("#title", title[: max(0, width - len(clock) - 1)].ljust(width - len(clock))

@@ -1,12 +1,14 @@
 """The text of `agentfs top`'s table: fixed-width lines, no terminal involved.
 
-    AGENT                STATE   TURNS     IN    OUT CACHE    COST INBOX  LAST
-    planner              running    12  48.1k   2.3k   91%  $0.084     1    3s
-    ├─coder@4            waiting     7  20.0k    812   88%  $0.031     0    1m
+      AGENT                    STATE   TURNS     IN    OUT CACHE    COST INBOX  LAST
+    > lead                     running    12  48.1k   2.3k   91%  $0.084     1    3s
+      └─helper                 waiting     7  20.0k    812   88%  $0.031     0    1m
+        └─helper-2@4           idle        4      -      -     -       -     0    2m
+      TOTAL 3 agents                      23  68.1k   3.1k   90%  $0.115     1
 
 The AGENT column takes what the fixed columns leave of the width (names are
 cut with '…'), so the table fits any terminal from 60 columns up; 80x24
-shows 18 agents at once and the rest scrolls.
+shows 19 agents at once and the rest scrolls.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from .top_board import Board, Row
 # name, width, right-aligned
 COLUMNS = [("STATE", 7, False), ("TURNS", 5, True), ("IN", 6, True), ("OUT", 6, True),
            ("CACHE", 5, True), ("COST", 7, True), ("INBOX", 5, True), ("LAST", 5, True)]
-MARK = 2  # "> " before the selected row
+SELECTED = "> "  # before the selected row; the others get as many spaces
+MARK = len(SELECTED)
 MIN_NAME = 8
 
 
@@ -61,7 +64,8 @@ def fit(text: str, width: int) -> str:
 
 
 def _line(name: str, cells: Iterable[str], width: int, selected: bool) -> str:
-    parts = [("> " if selected else "  ") + fit(name, name_width(width)).ljust(name_width(width))]
+    mark = SELECTED if selected else " " * MARK
+    parts = [mark + fit(name, name_width(width)).ljust(name_width(width))]
     for (_, w, right), cell in zip(COLUMNS, cells, strict=True):
         cell = fit(cell, w)
         parts.append(cell.rjust(w) if right else cell.ljust(w))
@@ -91,12 +95,13 @@ def totals_line(board: Board, width: int) -> str:
     figs = [u for u in (r.figures() for r in rows) if u is not None]
     prompt = sum(u.prompt_tokens for u in figs)
     read = sum(u.cache_read_input_tokens for u in figs)
-    cells = [f"{len(rows)} agt", str(sum(r.turns for r in rows)),
+    cells = ["", str(sum(r.turns for r in rows)),
              tokens(prompt) if figs else "-", tokens(sum(u.output_tokens for u in figs))
              if figs else "-", f"{read / prompt:.0%}" if prompt else "-",
              dollars(sum(u.cost_usd for u in figs)) if figs else "-",
              str(sum(r.inbox for r in rows)), ""]
-    return _line("TOTAL", cells, width, False)
+    return _line(f"TOTAL {len(rows)} agent" + ("" if len(rows) == 1 else "s"), cells, width,
+                 False)
 
 
 def table(board: Board, width: int, selected: str | None = None,

@@ -174,7 +174,7 @@ def test_top_shows_the_agents_and_keeps_up(mount: Any, tmux: Tmux) -> None:
     assert r["bob"][:2] == ["idle", "0"] and r["bob"][7] == "-"
     assert "├─alice-2@1" in screen and "└─bob" in screen  # both children of alice
     total = next(line for line in screen.splitlines() if "TOTAL" in line).split()
-    assert total == ["TOTAL", "3", "agt", "3", "10.0k", "50", "79%", "$0.012", "0"]
+    assert total == ["TOTAL", "3", "agents", "3", "10.0k", "50", "79%", "$0.012", "0"]
     assert all(len(line) <= 80 for line in screen.splitlines())
 
     # activity while it runs: a spawn, a message, a status, a turn and usage of bob
@@ -353,7 +353,7 @@ def test_many_agents_scroll_within_80x24(mount: Any, tmux: Tmux) -> None:
     assert len(lines) == 24 and all(len(line) <= 80 for line in lines)
     shown = rows(screen)
     assert 15 <= len(shown) < len(names)  # a screenful, the totals line still in view
-    assert "TOTAL" in screen and "31 agt" in screen
+    assert "TOTAL" in screen and "TOTAL 31 agents" in screen
     tmux.keys("End")
     screen = tmux.wait(lambda s: selected(s) == "agent-29", "the last agent selected")
     assert "agent-00" not in rows(screen) and cut not in rows(screen) and "TOTAL" in screen

@@ -296,7 +296,7 @@ def test_table_fits_and_shows_the_tree(fake: FakeMount) -> None:
     assert lines[2].split()[0] == "├─coder-with-a-very-lon…"
     assert lines[3].split()[:2] == ["│", "└─sub"]
     assert lines[4].startswith("> └─tester ")
-    assert lines[-1].split() == ["TOTAL", "4", "agt", "2", "10.0k", "50", "79%", "$0.012", "2"]
+    assert lines[-1].split() == ["TOTAL", "4", "agents", "2", "10.0k", "50", "79%", "$0.012", "2"]
 
 
 def test_figures_read_at_a_glance() -> None:
