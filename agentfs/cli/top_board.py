@@ -122,16 +122,14 @@ class Board:
         self.stale_usage.clear()
 
     def _read_agent(self, mount: Any, row: Row, status: bool) -> None:
+        from agentfs.client import Agent
+
         path = mount.agents_dir / row.name
         if status:
             try:
-                words = (path / "status").read_text().split()
-            except OSError:
-                words = []
-            if words:
-                row.status = words[0]
-                row.turns = next((int(w[6:]) for w in words[1:]
-                                  if w.startswith("turns=") and w[6:].isdigit()), row.turns)
+                row.status, row.turns = Agent(mount, row.name).status()
+            except (OSError, ValueError):
+                pass  # removed meanwhile: its remove event follows
         try:
             # The listing costs the daemon several requests; the directory's
             # mtime moves with every message delivered or consumed.
