@@ -2,8 +2,8 @@
 mount while the test spawns, forks, messages and runs agents; the screen is
 read with `tmux capture-pane` and keys are typed with `tmux send-keys`.
 
-Each test has a tmux server of its own (-L), killed in teardown; every wait
-is bounded. The idle test measures the daemon's CPU time (utime + stime of
+Each test has a tmux server of its own (its socket in the test's tmp_path),
+killed in teardown; every wait is bounded. The idle test measures the daemon's CPU time (utime + stime of
 /proc/PID/stat) over 10 s with top running and nothing happening.
 """
 
@@ -39,11 +39,11 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Tmux:
     """One tmux server (its own socket) with one 80x24 session running a command."""
 
-    def __init__(self, tag: str) -> None:
-        self.socket = f"agentfs-test-top-{os.getpid()}-{tag}"
+    def __init__(self, socket: Path) -> None:
+        self.socket = str(socket)  # in the test's tmp_path: nothing left in /tmp/tmux-UID
 
     def tmux(self, *args: str) -> str:
-        res = subprocess.run(["tmux", "-u", "-L", self.socket, *args], capture_output=True,
+        res = subprocess.run(["tmux", "-u", "-S", self.socket, *args], capture_output=True,
                              text=True, env=clean_env(), timeout=10)
         assert res.returncode == 0, f"tmux {args}: {res.stderr}"
         return res.stdout
@@ -81,13 +81,13 @@ class Tmux:
         return int(self.tmux("display-message", "-p", "-t", "top", "#{pane_pid}").strip())
 
     def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True,
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True,
                        timeout=10)
 
 
 @pytest.fixture
-def tmux(request: pytest.FixtureRequest) -> Iterator[Tmux]:
-    t = Tmux(request.node.name[-40:].replace("[", "-").replace("]", ""))
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    t = Tmux(tmp_path / "tmux.sock")
     try:
         yield t
     finally:
