@@ -620,15 +620,38 @@ def log(name: str, full: bool, mount_opt: str | None) -> None:
     with client_errors():
         messages = a.transcript()
     for i, m in enumerate(messages, 1):
-        role = m.get("role", "?") if isinstance(m, dict) else "?"
-        click.echo(click.style(f"── {i} {role} ", bold=True) + "─" * max(0, 60 - len(role)))
-        content = m.get("content", "") if isinstance(m, dict) else m
-        if isinstance(content, str):
-            lines = content.splitlines() or [""]
-        else:
-            lines = [line for b in content for line in block_lines(b, full)]
+        head, lines = message_lines(i, m, full)
+        click.echo(click.style(head, bold=True))
         for line in lines:
-            click.echo("  " + line if line else "")
+            click.echo(line)
+
+
+def message_lines(i: int, m: Any, full: bool) -> tuple[str, list[str]]:
+    """Transcript line `i` for a reader: its heading ("── I ROLE ───") and its
+    content, indented (what `agentfs log` prints, and `agentfs top`'s log view)."""
+    role = m.get("role", "?") if isinstance(m, dict) else "?"
+    content = m.get("content", "") if isinstance(m, dict) else m
+    if isinstance(content, str):
+        lines = content.splitlines() or [""]
+    else:
+        lines = [line for b in content for line in block_lines(b, full)]
+    head = f"── {i} {role} " + "─" * max(0, 60 - len(role))
+    return head, ["  " + line if line else "" for line in lines]
+
+
+@main.command()
+@click.option("--once", is_flag=True,
+              help="print the table once (at the terminal's width, else 80) and exit; "
+                   "also what happens when stdout is not a terminal")
+@mount_option
+def top(once: bool, mount_opt: str | None) -> None:
+    """A live view of the agents: tree, state, turns, tokens, cache share, cost,
+    inbox depth, time since the last turn. Keys: arrows or j/k select; enter
+    shows the log, t follows the transcript, m sends a message, f forks, s stops
+    the runner; r re-reads; q quits."""
+    from .top import run_top
+
+    run_top(client_mount(mount_opt), once)
 
 
 @main.command()
