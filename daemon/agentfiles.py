@@ -471,6 +471,15 @@ class AgentRules:
         inbox.deliver_message(self.agents, a, name, sender)
         return a.view
 
+    def consume(self, parent: int, name: bytes) -> bool:
+        """`rm` of a delivered message: consumed, with its event, in one
+        transaction (False: `parent/name` is no message)."""
+        r = self.role(parent)
+        if r is None or r[1] is not Role.INBOX or not inbox.is_message(name):
+            return False
+        inbox.consume_message(self.agents, r[0], name)
+        return True
+
     def is_inbox(self, dir_ino: int) -> bool:
         r = self.role(dir_ino)
         return r is not None and r[1] is Role.INBOX

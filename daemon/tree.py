@@ -229,7 +229,8 @@ class StoredTree(Namespace):
     def unlink(self, parent: int, name: bytes, pid: int) -> None:
         self.rules.check_removal(parent, name, pid)
         self.rules.check(self.fs.lookup(parent, name).ino, "unlink")
-        self.fs.unlink(parent, name)
+        if not self.rules.consume(parent, name):
+            self.fs.unlink(parent, name)
 
     def rmdir(self, parent: int, name: bytes, pid: int) -> None:
         self.rules.check_removal(parent, name, pid)

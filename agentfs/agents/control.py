@@ -112,7 +112,7 @@ def run_command(agents: Agents, line: str) -> Result:
         child = fs.lookup(pino, name).ino
         agent = agents.agent_root(child)
         if agent is not None:
-            agents.remove(agent.name)
+            agents.remove(agent.name, event="detach")
             return Result(f"removed agent {agent.name}", [(pino, name, child)], gc_wanted=True)
         fs.detach(pino, name)
         return Result(f"detached {args[0]}", [(pino, name, child)], gc_wanted=True)

@@ -1,0 +1,70 @@
+"""Which transcript appends make a compaction point, known inside the append's
+transaction (for the `compaction` event).
+
+Compaction is a pure function of an agent's inputs and transcript, decided
+line by line as `Renderer` appends them (render.py), and nothing of it is
+stored. To know, while a line is being appended, whether its turn becomes a
+compaction point, `CompactionPoints` keeps one `Renderer` per agent view fed
+with every line appended through it. The cache is checked against what the
+transaction reads (the inputs' bytes and the transcript's size before the
+append), so an aborted append, a changed `config` or a remount only costs a
+catch-up from the start of the transcript, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agentfs.agents.inputs import Inputs
+from agentfs.agents.render import Renderer
+from agentfs.errors import FsError
+
+RawInputs = tuple[bytes, bytes, bytes, bytes]  # system, tools.json, prompt, config
+
+
+@dataclass
+class _Fed:
+    raw: RawInputs
+    renderer: Renderer
+    offset: int  # transcript bytes fed (whole lines)
+
+
+class CompactionPoints:
+    """One renderer per agent view, fed at append time (a bounded cache)."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._fed: OrderedDict[int, _Fed] = OrderedDict()
+
+    def new_points(self, view: int, raw: RawInputs, transcript: Callable[[int], bytes],
+                   size_before: int, lines: list[tuple[dict[str, Any], int]]) -> list[int]:
+        """The turns among `lines` ((parsed line, its bytes with the newline),
+        appended at transcript offset `size_before`) that become compaction
+        points. `transcript(n)` reads the first n bytes, for a catch-up.
+        Inputs that do not parse (context.json says why) make none."""
+        fed = self._fed.pop(view, None)
+        if fed is None or fed.raw != raw or fed.offset != size_before:
+            try:
+                renderer = Inputs.parse(*raw).renderer()
+            except FsError:
+                return []
+            fed = _Fed(raw, renderer, 0)
+            for old in transcript(size_before).splitlines():
+                if old:
+                    fed.renderer.append(json.loads(old))
+            fed.offset = size_before
+        points = []
+        for obj, size in lines:
+            before = fed.renderer.state.points
+            turn = fed.renderer.append(obj)
+            if fed.renderer.state.points != before:
+                points.append(turn)
+            fed.offset += size
+        self._fed[view] = fed
+        while len(self._fed) > self.capacity:
+            self._fed.popitem(last=False)
+        return points
