@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from agentfs.cli.events import events as events_command
+
 
 def default_store() -> Path:
     data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
@@ -577,6 +579,9 @@ def export(mount_opt: str | None) -> None:
 
     for r in lineage_records(mount_opt):
         click.echo(json.dumps(r, ensure_ascii=False, sort_keys=True))
+
+
+main.add_command(events_command)
 
 
 if __name__ == "__main__":
