@@ -314,8 +314,9 @@ class Mount:
         """The mount's events (`.agentfs/events`) with seq > `after`, in order,
         each once; with `follow`, waiting for new ones (polling the file's size,
         at most 4 times a second) until `timeout` seconds (None: for ever).
-        Raises AgentfsError(ENODATA) if the stream's window dropped events
-        this reader had not read yet (or `after` is before the window)."""
+        `after=0` starts at the oldest event the stream's window retains; a
+        cursor the window has moved past (events after it were dropped before
+        this reader read them) raises AgentfsError(ENODATA)."""
         path = self.path.joinpath(*EVENTS)
         try:
             yield from read_events(path, after, follow, timeout)

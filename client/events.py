@@ -94,8 +94,9 @@ def offset_after(fd: int, after: int) -> int:
 def read_events(path: str | os.PathLike[str], after: int = 0, follow: bool = False,
                 timeout: float | None = None) -> Iterator[dict[str, Any]]:
     """Events with seq > `after`, in order, each once; with `follow`, wait for
-    more until `timeout` seconds (None: for ever). Raises Dropped if the
-    window moved past events this reader had not read yet."""
+    more until `timeout` seconds (None: for ever). `after=0` starts at the
+    oldest event retained; otherwise Dropped if the window no longer holds
+    seq after + 1 (or moves past events this reader had not read yet)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -109,6 +110,8 @@ def read_events(path: str | os.PathLike[str], after: int = 0, follow: bool = Fal
                 *lines, pending = (pending + chunk).split(b"\n")
                 for raw in lines:
                     event = json.loads(raw)
+                    if 0 < last < event["seq"] - 1:
+                        raise Dropped()  # events last+1 .. seq-1 are gone: say so, not skip
                     if event["seq"] > last:  # (never twice, whatever a probe found)
                         last = event["seq"]
                         yield event
