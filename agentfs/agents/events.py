@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agentfs.posix.forks import Tree
+from agentfs.posix.fs import FileSystem, Tree
 from agentfs.storage import eventlog
 from agentfs.storage.kv import Txn
 
@@ -47,6 +47,14 @@ def record(t: Tree, kind: str, agent: str, **fields: Any) -> int:
     assert kind in KINDS, kind
     now = t.clock()
     return eventlog.append(t.tx.txn, lambda seq: render(seq, now, kind, agent, fields)).seq
+
+
+def keep(fs: FileSystem, keep_events: int, keep_bytes: int | None = None) -> eventlog.Head:
+    """`keep-events N [BYTES]` on the mount's ctl: the stream keeps the newest
+    N events (and at most BYTES bytes of them; the bytes limit stays as it
+    was if not given). One transaction; gc trims the excess."""
+    with fs.transaction() as t:
+        return eventlog.set_limits(t.tx.txn, keep_events, keep_bytes)
 
 
 def check_line(line: eventlog.Line) -> str | None:

@@ -136,12 +136,15 @@ def trim(txn: Txn, h: Head | None = None, budget: int = TRIM_PER_APPEND) -> int:
     return n
 
 
-def set_limits(txn: Txn, keep_events: int, keep_bytes: int) -> Head:
-    """New retention limits (the window shrinks to them over the next appends and gc)."""
-    if keep_events < 1 or keep_bytes < 1:
-        raise ValueError("event retention limits must be at least 1")
+def set_limits(txn: Txn, keep_events: int | None = None, keep_bytes: int | None = None
+               ) -> Head:
+    """New retention limits, each left as it is if None (the window shrinks to
+    them over the next appends and gc)."""
     h = head(txn)
-    h.keep_events, h.keep_bytes = keep_events, keep_bytes
+    h.keep_events = h.keep_events if keep_events is None else keep_events
+    h.keep_bytes = h.keep_bytes if keep_bytes is None else keep_bytes
+    if h.keep_events < 1 or h.keep_bytes < 1:
+        raise ValueError("event retention limits must be at least 1")
     txn.put(keys.event_head(), h.encode())
     return h
 

@@ -187,20 +187,9 @@ def test_reading_before_the_window_is_enodata_with_a_reason(mount) -> None:
     m = Mount(mnt)
     a = m.spawn("a")
     a.append(line("user", "one"))
-    mount.umount()
-    # Lower the retention limits offline (there is no door for it on the mount yet).
-    from agentfs.posix.fs import FileSystem
-    from agentfs.storage import eventlog
-    from agentfs.storage.engines import open_engine
-
-    engine = open_engine(mount.store)
-    try:
-        fs = FileSystem(engine)
-        with fs.transaction() as t:
-            eventlog.set_limits(t.tx.txn, 5, 1 << 20)
-    finally:
-        engine.close()
-    mount.start()
+    with open(mnt.joinpath(".agentfs", "ctl"), "w") as f:
+        f.write("keep-events 5\n")
+    assert "keeping the newest 5 events" in mnt.joinpath(".agentfs", "ctl").read_text()
     for i in range(2, 12):
         a.append(line("user" if i % 2 == 0 else "assistant", f"turn {i}"))
     got = list(m.events())
