@@ -254,7 +254,8 @@ class StoredTree(Namespace):
         except FsError as e:
             if e.errno != errno.ENOENT:
                 raise
-        self.fs.rename(old_parent, old_name, new_parent, new_name, flags)
+        if not self.rules.consume(old_parent, old_name, (new_parent, new_name, flags)):
+            self.fs.rename(old_parent, old_name, new_parent, new_name, flags)
 
     def link(self, ino: int, new_parent: int, new_name: bytes) -> Entry:
         self._name_free(new_parent, new_name)

@@ -86,12 +86,17 @@ def is_message(name: bytes) -> bool:
     return MESSAGE_RE.match(name) is not None
 
 
-def consume_message(agents: Agents, a: Agent, name: bytes) -> None:
-    """`rm inbox/NAME`: the message goes, and the stream says it was consumed,
-    in one transaction."""
+def consume_message(agents: Agents, a: Agent, name: bytes,
+                    move_to: tuple[int, bytes, int] | None = None) -> None:
+    """`rm inbox/NAME`, or `mv inbox/NAME DIR/NEW` (`move_to`: the directory,
+    the new name, rename flags): the message leaves the inbox, and the stream
+    says it was consumed, in one transaction."""
     with agents.fs.transaction() as t:
         agents.live(t, a.name, a.view)
-        t.unlink(a.ino(Role.INBOX), name)
+        if move_to is None:
+            t.unlink(a.ino(Role.INBOX), name)
+        else:
+            t.rename(a.ino(Role.INBOX), name, *move_to)
         events.record(t, "consumed", a.name, name=_text(name))
 
 

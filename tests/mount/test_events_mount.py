@@ -328,3 +328,20 @@ def test_every_committed_operation_has_its_event_after_sigkill(mount, tmp_path: 
         total += check_round(got, journal, where)
     assert total >= 8, f"the workers completed only {total} operations"
     print(f"events after SIGKILL: 4 kills, {total} operations completed, each with its events")
+
+
+def test_a_message_moved_out_of_the_inbox_is_consumed(mount) -> None:
+    mnt = mount.path
+    os.mkdir(mnt / "agents")
+    m = Mount(mnt)
+    a = m.spawn("a")
+    m.send("a", "one", name="m1")
+    m.send("a", "two", name="m2")
+    first, second = sorted(os.listdir(a.path / "inbox"))
+    os.rename(a.path / "inbox" / first, a.path / "inbox" / "kept")  # still in the inbox
+    os.rename(a.path / "inbox" / second, a.path / "workspace" / "done")
+    assert (a.path / "workspace" / "done").read_text() == "two"
+    got = [brief(e) + (e.get("name"),) for e in m.events()][1:]
+    assert got == [("message", "a", f"sender={m.identity()}", first),
+                   ("message", "a", f"sender={m.identity()}", second),
+                   ("consumed", "a", second)]
