@@ -40,14 +40,22 @@ class CompactionPoints:
         self.capacity = capacity
         self._fed: OrderedDict[int, _Fed] = OrderedDict()
 
-    def new_points(self, view: int, raw: RawInputs, transcript: Callable[[int], bytes],
-                   size_before: int, lines: list[tuple[dict[str, Any], int]]) -> list[int]:
+    def new_points(self, view: int, inputs: Callable[[], RawInputs],
+                   config: Callable[[], bytes], frozen: bool,
+                   transcript: Callable[[int], bytes], size_before: int,
+                   lines: list[tuple[dict[str, Any], int]]) -> list[int]:
         """The turns among `lines` ((parsed line, its bytes with the newline),
         appended at transcript offset `size_before`) that become compaction
-        points. `transcript(n)` reads the first n bytes, for a catch-up.
-        Inputs that do not parse (context.json says why) make none."""
+        points. `inputs()` reads the agent's inputs, `config()` its config
+        alone: `frozen` says the others cannot have changed since the agent's
+        first turn (model.FROZEN_AT_FIRST_TURN), so that only config is read
+        again when the cache is in step. `transcript(n)` reads the first n
+        bytes, for a catch-up. Inputs that do not parse (context.json says
+        why) make none."""
         fed = self._fed.pop(view, None)
-        if fed is None or fed.raw != raw or fed.offset != size_before:
+        in_step = fed is not None and fed.offset == size_before
+        raw = (*fed.raw[:3], config()) if fed is not None and in_step and frozen else inputs()
+        if fed is None or not in_step or fed.raw != raw:
             try:
                 renderer = Inputs.parse(*raw).renderer()
             except FsError:

@@ -355,10 +355,12 @@ class Agents:
         def read(ino: int, size: int | None = None) -> bytes:
             return t.read(ino, 0, t.attr(ino).size if size is None else size)[0]
 
-        raw = (read(a.ino(Role.SYSTEM)), read(a.ino(Role.TOOLS)), read(a.ino(Role.PROMPT)),
-               read(a.ino(Role.CONFIG)))
         return self.compactions.new_points(
-            a.view, raw, lambda n: read(transcript, n), size_before,
+            a.view,
+            lambda: (read(a.ino(Role.SYSTEM)), read(a.ino(Role.TOOLS)),
+                     read(a.ino(Role.PROMPT)), read(a.ino(Role.CONFIG))),
+            lambda: read(a.ino(Role.CONFIG)), size_before > 0,
+            lambda n: read(transcript, n), size_before,
             [(obj, len(line) + 1) for line, obj in zip(lines, parsed, strict=True)])
 
     def write_file(self, a: Agent, role: Role, offset: int, data: bytes,

@@ -874,6 +874,8 @@ class Renderer:
         return b"".join(self._pieces(todo))
 
     def _compact_if_over_budget(self) -> None:
+        if not self._stubbable():
+            return  # (_choose would find nothing to stub: spare measuring the body)
         size = sum(map(len, self._pieces(None)))
         if estimate_tokens(size, self.policy) <= self.policy.budget_tokens:
             return
@@ -881,6 +883,13 @@ class Renderer:
                       self._savings(self._state.stub_before_turn))
         if new is not None:
             self._state = new
+
+    def _stubbable(self) -> bool:
+        """Has a turn observations that a compaction now could stub (from
+        stub_before_turn, before the keep_recent_turns)?"""
+        i = bisect.bisect_left(self._obs_turns, self._state.stub_before_turn)
+        limit = self.turns - self.policy.keep_recent_turns + 1
+        return i < len(self._obs_turns) and self._obs_turns[i] < limit
 
     def _pieces(self, todo: str | None) -> Pieces:
         self._extend_run()
