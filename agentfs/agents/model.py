@@ -335,13 +335,16 @@ class Agents:
                     t.write_data(tr, tr.size, line + b"\n")
                     a.turns += 1
                     history.record_turn(t, a.view, a.turns, tr.size)
-                    usage = obj.get("usage")
-                    events.record(t, "turn", name, turn=a.turns, role=obj["role"],
+                    prev = obj
+                points = self._compaction_points(t, a, tr.ino, size_before, lines, parsed)
+                first = a.turns - len(lines) + 1
+                for turn, line, obj in zip(range(first, a.turns + 1), lines, parsed, strict=True):
+                    usage = obj.get("usage")  # (validate_line admits none today)
+                    events.record(t, "turn", name, turn=turn, role=obj["role"],
                                   bytes=len(line) + 1,
                                   **({"usage": usage} if isinstance(usage, dict) else {}))
-                    prev = obj
-                for turn in self._compaction_points(t, a, tr.ino, size_before, lines, parsed):
-                    events.record(t, "compaction", name, turn=turn)
+                    if turn in points:
+                        events.record(t, "compaction", name, turn=turn)
                 self._put(t, a)
                 return a.turns
         except InvalidLine as e:

@@ -109,15 +109,19 @@ def test_compaction_points_are_events(fs: FileSystem) -> None:
     a = agents.spawn(b"a")
     put_file(fs, a.root_ino, b"config", b"budget_tokens 20000\nkeep_recent_turns 1\n")
     rng = random.Random(0)  # compactions at turns 3, 7 and 9 (test_contextfile.py)
-    for turn in range(1, 11):
+    for turn in range(1, 7):
         if turn == 6:
             agents.compactions = type(agents.compactions)()  # as after a remount
         agents.append("a", session_line(rng, turn))
+    # Several lines in one write: each compaction right after its turn.
+    agents.append_lines("a", [session_line(rng, turn) for turn in range(7, 11)])
     points = [e["turn"] for e in stream(fs) if e["event"] == "compaction"]
     assert points == list(Contexts(agents).compaction(agents.get("a")).points) == [3, 7, 9]
     # Each one comes right after the turn that made it.
     evs = [brief(e)[:1] + (e.get("turn"),) for e in stream(fs) if e["event"] != "spawn"]
-    assert evs[evs.index(("compaction", 3)) - 1] == ("turn", 3)
+    for point in points:
+        assert evs[evs.index(("compaction", point)) - 1] == ("turn", point)
+    assert evs[-4:] == [("turn", 8), ("turn", 9), ("compaction", 9), ("turn", 10)]
 
 
 def test_offsets_are_stable_and_reads_at_any_offset_give_the_lines(fs: FileSystem) -> None:
