@@ -72,6 +72,11 @@ def offset_after(fd: int, after: int) -> int:
     """The byte offset of the first retained event with seq > `after` (the
     file's size if there is none yet)."""
     size = os.fstat(fd).st_size
+    if after <= 0:
+        try:  # the common case: the window still starts at the beginning
+            return 0 if _line_start_at_or_after(fd, 0) is not None else size
+        except Dropped:
+            pass
 
     def later(p: int) -> bool:  # monotone in p: the first line at or after p is past `after`
         try:

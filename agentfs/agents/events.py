@@ -23,6 +23,7 @@ Storage, offsets and the window are storage/eventlog.py's.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -42,11 +43,25 @@ def render(seq: int, time_ns: int, kind: str, agent: str, fields: dict[str, Any]
             + "\n").encode()
 
 
+Event = tuple[str, str, dict[str, Any]]  # kind, agent, fields
+
+
 def record(t: Tree, kind: str, agent: str, **fields: Any) -> int:
     """Add event `kind` about `agent` in transaction `t`; returns its seq."""
-    assert kind in KINDS, kind
+    return record_all(t, [(kind, agent, fields)])[0]
+
+
+def record_all(t: Tree, evs: list[Event]) -> list[int]:
+    """Add these events, in order, in transaction `t` (one operation that
+    makes many, e.g. a write of many transcript lines); returns their seqs."""
+    assert all(kind in KINDS for kind, _, _ in evs), evs
     now = t.clock()
-    return eventlog.append(t.tx.txn, lambda seq: render(seq, now, kind, agent, fields)).seq
+    makers = [functools.partial(_line, now, kind, agent, fields) for kind, agent, fields in evs]
+    return [line.seq for line in eventlog.append(t.tx.txn, *makers)]
+
+
+def _line(now: int, kind: str, agent: str, fields: dict[str, Any], seq: int) -> bytes:
+    return render(seq, now, kind, agent, fields)
 
 
 def keep(fs: FileSystem, keep_events: int, keep_bytes: int | None = None) -> eventlog.Head:

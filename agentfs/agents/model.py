@@ -338,13 +338,16 @@ class Agents:
                     prev = obj
                 points = self._compaction_points(t, a, tr.ino, size_before, lines, parsed)
                 first = a.turns - len(lines) + 1
+                evs: list[events.Event] = []
                 for turn, line, obj in zip(range(first, a.turns + 1), lines, parsed, strict=True):
                     usage = obj.get("usage")  # (validate_line admits none today)
-                    events.record(t, "turn", name, turn=turn, role=obj["role"],
-                                  bytes=len(line) + 1,
-                                  **({"usage": usage} if isinstance(usage, dict) else {}))
+                    evs.append(("turn", name, {"turn": turn, "role": obj["role"],
+                                               "bytes": len(line) + 1,
+                                               **({"usage": usage} if isinstance(usage, dict)
+                                                  else {})}))
                     if turn in points:
-                        events.record(t, "compaction", name, turn=turn)
+                        evs.append(("compaction", name, {"turn": turn}))
+                events.record_all(t, evs)
                 self._put(t, a)
                 return a.turns
         except InvalidLine as e:

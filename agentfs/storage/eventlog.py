@@ -104,17 +104,21 @@ def head(txn: Txn) -> Head:
     return Head.empty() if raw is None else Head.decode(raw)
 
 
-def append(txn: Txn, make_line: Callable[[int], bytes]) -> Line:
-    """Add the next line, `make_line(seq)`, in the caller's transaction; drop
-    a few of the oldest if the window is over its limits."""
+def append(txn: Txn, *make_lines: Callable[[int], bytes]) -> list[Line]:
+    """Add the next lines, each `make_line(seq)`, in the caller's transaction
+    (the head read and written once); drop a few of the oldest for each if
+    the window is over its limits."""
     h = head(txn)
-    line = Line(h.next_seq, h.next_offset, make_line(h.next_seq))
-    txn.put(keys.event(line.seq), encode_line(line.offset, line.data))
-    h.next_seq += 1
-    h.next_offset = line.end
-    h.retained_bytes += len(line.data)
-    trim(txn, h, TRIM_PER_APPEND)
-    return line
+    out = []
+    for make_line in make_lines:
+        line = Line(h.next_seq, h.next_offset, make_line(h.next_seq))
+        txn.put(keys.event(line.seq), encode_line(line.offset, line.data))
+        h.next_seq += 1
+        h.next_offset = line.end
+        h.retained_bytes += len(line.data)
+        out.append(line)
+    trim(txn, h, TRIM_PER_APPEND * len(make_lines))
+    return out
 
 
 def trim(txn: Txn, h: Head | None = None, budget: int = TRIM_PER_APPEND) -> int:
