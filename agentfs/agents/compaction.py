@@ -36,8 +36,9 @@ class _Fed:
 class CompactionPoints:
     """One renderer per agent view, fed at append time (a bounded cache)."""
 
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self, capacity: int = 64, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes  # transcript bytes fed, over all cached renderers
         self._fed: OrderedDict[int, _Fed] = OrderedDict()
 
     def new_points(self, view: int, inputs: Callable[[], RawInputs],
@@ -73,6 +74,7 @@ class CompactionPoints:
                 points.append(turn)
             fed.offset += size
         self._fed[view] = fed
-        while len(self._fed) > self.capacity:
-            self._fed.popitem(last=False)
+        held = sum(f.offset for f in self._fed.values())
+        while len(self._fed) > 1 and (len(self._fed) > self.capacity or held > self.max_bytes):
+            held -= self._fed.popitem(last=False)[1].offset  # the least recently fed
         return points

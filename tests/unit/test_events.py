@@ -15,6 +15,7 @@ from fsutil import put_file
 from test_contextfile import session_line
 
 from agentfs.agents import events
+from agentfs.agents.compaction import CompactionPoints
 from agentfs.agents.context import Contexts
 from agentfs.agents.control import run_agent_command, run_command
 from agentfs.agents.inbox import consume_message, deliver_message, stage_message
@@ -189,3 +190,22 @@ def test_lines_are_canonical_json(fs: FileSystem) -> None:
     assert e["name"] == "000001-__n__+naïve" and e["sender"] == "__n__"
     assert "naïve".encode() in file_bytes(fs)  # ensure_ascii=False: UTF-8, not \u escapes
     assert events.check_line(eventlog.Line(e["seq"], 0, b'{"seq":%d}\n' % e["seq"]))
+
+
+@pytest.mark.parametrize("limits", [{"capacity": 1}, {"max_bytes": 1}])
+def test_compaction_events_with_a_small_watch_cache(fs: FileSystem,
+                                                    limits: dict[str, int]) -> None:
+    """Two agents appending in turn, with room for one renderer: each append
+    catches up from the transcript, and the points are the same."""
+    agents = Agents(fs)
+    agents.compactions = CompactionPoints(**limits)
+    for name in (b"a", b"b"):
+        a = agents.spawn(name)
+        put_file(fs, a.root_ino, b"config", b"budget_tokens 20000\nkeep_recent_turns 1\n")
+    rng = {"a": random.Random(0), "b": random.Random(0)}
+    for turn in range(1, 11):
+        for name in ("a", "b"):
+            agents.append(name, session_line(rng[name], turn))
+    for name in ("a", "b"):
+        assert [e["turn"] for e in stream(fs) if e["event"] == "compaction"
+                and e["agent"] == name] == [3, 7, 9]
