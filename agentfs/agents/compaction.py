@@ -8,7 +8,10 @@ compaction point, `CompactionPoints` keeps one `Renderer` per agent view fed
 with every line appended through it. The cache is checked against what the
 transaction reads (the inputs' bytes and the transcript's size before the
 append), so an aborted append, a changed `config` or a remount only costs a
-catch-up from the start of the transcript, never a wrong answer.
+catch-up from the start of the transcript (inside that append's transaction:
+~25 us a line, 2.5 s at 100k lines), never a wrong answer. A fork made now
+starts from a copy of its origin's renderer instead; a fork at a past turn
+catches up at its first append.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ class CompactionPoints:
         self.capacity = capacity
         self.max_bytes = max_bytes  # transcript bytes fed, over all cached renderers
         self._fed: OrderedDict[int, _Fed] = OrderedDict()
+
+    def forked(self, origin: int, view: int, size: int) -> None:
+        """Agent view `view` was just forked from `origin` whose transcript was
+        `size` bytes long (a fork now): start its renderer as a copy of the
+        origin's, if that one is in step, rather than catch up from nothing
+        at the fork's first append. (Called once the fork is committed.)"""
+        fed = self._fed.get(origin)
+        if fed is not None and fed.offset == size:
+            self._fed[view] = _Fed(fed.raw, fed.renderer.copy(), fed.offset)
 
     def new_points(self, view: int, inputs: Callable[[], RawInputs],
                    config: Callable[[], bytes], frozen: bool,

@@ -417,6 +417,7 @@ class Agents:
             agents = self._agents_dir(t)
             sname = self._check_free(t, agents, dst)
             s = self._get(t, src)
+            size = t.attr(s.ino(Role.TRANSCRIPT)).size
             if at_turn is None:
                 owner, epoch, turns = s.view, None, s.turns
             else:
@@ -431,7 +432,9 @@ class Agents:
             t.tx.txn.put(keys.agent_of_view(view), dst)
             history.begin(t, view, s.view, turns)
             events.record(t, "fork", sname, origin=s.name, turn=turns, parent=a.parent)
-            return a
+        if at_turn is None:
+            self.compactions.forked(s.view, a.view, size)
+        return a
 
     def set_parent(self, name: str, parent: str) -> None:
         """Record the spawner after the fact (`echo P > agents/NAME/parent`), once."""

@@ -59,6 +59,7 @@ the test oracle: the same rules written the obvious way (build the dict, then
 from __future__ import annotations
 
 import bisect
+import copy
 import functools
 import json
 import math
@@ -840,6 +841,17 @@ class Renderer:
         self._run_n = 0
         self._run_state = self._state
         self._bp_memo: dict[tuple[int, bool], bytes] = {}
+
+    def copy(self) -> Renderer:
+        """An independent renderer in the same state, nothing re-serialised (a
+        fork's, from its origin's: lines are shared, they never change)."""
+        new = copy.copy(self)
+        new._lines = list(self._lines)
+        new._msgs = [(role, list(entries)) for role, entries in self._msgs]
+        new._obs_turns = list(self._obs_turns)
+        new._run = bytearray(self._run)
+        new._bp_memo = dict(self._bp_memo)
+        return new
 
     @property
     def turns(self) -> int:

@@ -209,3 +209,26 @@ def test_compaction_events_with_a_small_watch_cache(fs: FileSystem,
     for name in ("a", "b"):
         assert [e["turn"] for e in stream(fs) if e["event"] == "compaction"
                 and e["agent"] == name] == [3, 7, 9]
+
+
+def test_a_fork_starts_from_its_origins_compaction_watch(fs: FileSystem) -> None:
+    """A fork now copies its origin's renderer (no catch-up at its first
+    append); the two then go their own ways, each with its own points."""
+    agents = Agents(fs)
+    a = agents.spawn(b"a")
+    put_file(fs, a.root_ino, b"config", b"budget_tokens 20000\nkeep_recent_turns 1\n")
+    rng = random.Random(0)
+    for turn in range(1, 7):
+        agents.append("a", session_line(rng, turn))
+    agents.fork("a", b"f")
+    assert agents.get("f").view in agents.compactions._fed  # (copied, not caught up)
+    other = random.Random(5)
+    for turn in range(7, 15):
+        agents.append("a", session_line(rng, turn))
+        agents.append("f", session_line(other, turn))
+    contexts = Contexts(agents)
+    for name in ("a", "f"):
+        want = [p for p in contexts.compaction(agents.get(name)).points if p > 6]
+        got = [e["turn"] for e in stream(fs)
+               if e["event"] == "compaction" and e["agent"] == name and e["turn"] > 6]
+        assert got == want and want, (name, got, want)
