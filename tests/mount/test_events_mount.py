@@ -345,3 +345,25 @@ def test_a_message_moved_out_of_the_inbox_is_consumed(mount) -> None:
     assert got == [("message", "a", f"sender={m.identity()}", first),
                    ("message", "a", f"sender={m.identity()}", second),
                    ("consumed", "a", second)]
+
+
+def test_agentfs_events_follow(mount) -> None:
+    mnt = mount.path
+    os.mkdir(mnt / "agents")
+    m = Mount(mnt)
+    m.spawn("a")
+    proc = subprocess.Popen([sys.executable, "-m", "agentfs.cli", "events", "--mount", str(mnt),
+                             "--follow", "--timeout", "4", "--json"], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        m.agent("a").set_status("running")  # while it follows
+        second = json.loads(proc.stdout.readline())
+        assert proc.wait(timeout=10) == 0  # (the timeout ends it)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert (first["event"], second["event"], second["status"]) == ("spawn", "status", "running")
