@@ -31,7 +31,10 @@ Invariants checked:
 - entries that lead into another view lead to that view's root, and that view
   is alive and contained here;
 - the agent layer's records (agents/check.py): agents, their views, turns,
-  inbox counters, lineage.
+  inbox counters, lineage;
+- the event stream (agents/events.py, storage/eventlog.py): every event
+  decodes and is one canonical line of a known kind, seqs are contiguous
+  over the retained window, offsets follow on, the head agrees.
 
 Keys of dead views (records, containment, agent records...) are garbage that
 gc drops with the view; they need only name the view.
@@ -42,6 +45,7 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 
+from agentfs.agents import events
 from agentfs.agents.check import check_agents
 from agentfs.posix import logdata
 from agentfs.posix.fs import BLOCK_SIZE
@@ -136,6 +140,7 @@ def _check(tx: Tx, r: Report) -> None:
             continue  # a removed fork root the kernel has not forgotten yet
         _check_tree(tx, r, vid, v, views, seen.orphans.get(vid, set()))
     check_agents(tx, r.problems)
+    r.problems.extend(events.check(tx.txn))
 
 
 def _load_views(tx: Tx, r: Report) -> dict[int, ViewDef]:

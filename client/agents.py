@@ -40,11 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .events import Dropped, read_events
+
 __all__ = ["AgentfsError", "Mount", "Agent", "Message", "LINEAGE_FILE", "tree_order"]
 
 AGENTS = "agents"
 CTL = (".agentfs", "ctl")
 ERRSTR = (".agentfs", "errstr")
+EVENTS = (".agentfs", "events")
 MAX_WAIT = 3600  # the longest inbox/.wait-SECONDS the daemon accepts
 # A blocked read of inbox/.wait-N ignores signals this process handles (the
 # daemon does not serve FUSE interrupts): wait in short rounds so that Ctrl-C
@@ -303,6 +306,24 @@ class Mount:
                     f.write(data)
             else:
                 _as_agent(sender, "write", path, data)
+
+    # ------------------------------------------------------------ events
+
+    def events(self, after: int = 0, follow: bool = False, timeout: float | None = None
+               ) -> Iterator[dict[str, Any]]:
+        """The mount's events (`.agentfs/events`) with seq > `after`, in order,
+        each once; with `follow`, waiting for new ones (polling the file's size,
+        at most 4 times a second) until `timeout` seconds (None: for ever).
+        `after=0` starts at the oldest event the stream's window retains; a
+        cursor the window has moved past (events after it were dropped before
+        this reader read them) raises AgentfsError(ENODATA)."""
+        path = self.path.joinpath(*EVENTS)
+        try:
+            yield from read_events(path, after, follow, timeout)
+        except Dropped:
+            raise AgentfsError(errno.ENODATA, "events after seq "
+                               f"{after} were dropped from the stream's window before "
+                               "they were read", str(path))
 
     # ------------------------------------------------------------ lineage
 

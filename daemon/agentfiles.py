@@ -471,6 +471,20 @@ class AgentRules:
         inbox.deliver_message(self.agents, a, name, sender)
         return a.view
 
+    def consume(self, parent: int, name: bytes,
+                move_to: tuple[int, bytes, int] | None = None) -> bool:
+        """`rm` of a delivered message, or a rename that takes it out of the
+        inbox (`move_to`: directory, new name, flags): consumed, with its event,
+        in one transaction (False: `parent/name` is no message, or stays in
+        its inbox)."""
+        r = self.role(parent)
+        if r is None or r[1] is not Role.INBOX or not inbox.is_message(name):
+            return False
+        if move_to is not None and move_to[0] == parent:
+            return False
+        inbox.consume_message(self.agents, r[0], name, move_to)
+        return True
+
     def is_inbox(self, dir_ino: int) -> bool:
         r = self.role(dir_ino)
         return r is not None and r[1] is Role.INBOX

@@ -11,7 +11,7 @@ An inode number is 64 bits. Bit 63 tells the two families apart:
 
     kind         fields (bits)                        what
     CTLDIR       -                                    MOUNT/.agentfs
-    CTL_FILE     file (8)                             .agentfs/ctl, errstr, lineage
+    CTL_FILE     file (8)                             .agentfs/ctl, errstr, lineage, events
     SNAPDIR      index (56)                           DIR/.snapshots (index: see snapshots.py)
     AGENT_FILE   view (24), file (8)                  agents/X/ctl, status, ..., observations/
     WAIT         view (24), seconds (16)              agents/X/inbox/.wait-SECONDS

@@ -229,7 +229,8 @@ class StoredTree(Namespace):
     def unlink(self, parent: int, name: bytes, pid: int) -> None:
         self.rules.check_removal(parent, name, pid)
         self.rules.check(self.fs.lookup(parent, name).ino, "unlink")
-        self.fs.unlink(parent, name)
+        if not self.rules.consume(parent, name):
+            self.fs.unlink(parent, name)
 
     def rmdir(self, parent: int, name: bytes, pid: int) -> None:
         self.rules.check_removal(parent, name, pid)
@@ -253,7 +254,8 @@ class StoredTree(Namespace):
         except FsError as e:
             if e.errno != errno.ENOENT:
                 raise
-        self.fs.rename(old_parent, old_name, new_parent, new_name, flags)
+        if not self.rules.consume(old_parent, old_name, (new_parent, new_name, flags)):
+            self.fs.rename(old_parent, old_name, new_parent, new_name, flags)
 
     def link(self, ino: int, new_parent: int, new_name: bytes) -> Entry:
         self._name_free(new_parent, new_name)

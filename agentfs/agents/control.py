@@ -7,6 +7,8 @@ Mount level (`MOUNT/.agentfs/ctl`):
     snapshot DIR NAME [EPOCH]   read-only snapshot, reachable as DIR/.snapshots/NAME
     unsnapshot DIR NAME         delete it
     detach DIR                  remove fork root DIR and all it holds, at once
+    keep-events N [BYTES]       the event stream (.agentfs/events) keeps the newest N
+                                events, at most BYTES bytes of them
     gc                          reclaim versions no view can see
     sync                        make everything committed durable
 
@@ -30,6 +32,7 @@ import posixpath
 import shlex
 from dataclasses import dataclass, field
 
+from agentfs.agents import events
 from agentfs.agents.model import STATUSES, Agent, Agents
 from agentfs.errors import FsError
 
@@ -38,6 +41,7 @@ USAGE = {
     "snapshot": "snapshot DIR NAME [EPOCH]",
     "unsnapshot": "unsnapshot DIR NAME",
     "detach": "detach DIR",
+    "keep-events": "keep-events EVENTS [BYTES]",
     "gc": "gc",
     "sync": "sync",
 }
@@ -112,10 +116,15 @@ def run_command(agents: Agents, line: str) -> Result:
         child = fs.lookup(pino, name).ino
         agent = agents.agent_root(child)
         if agent is not None:
-            agents.remove(agent.name)
+            agents.remove(agent.name, event="detach")
             return Result(f"removed agent {agent.name}", [(pino, name, child)], gc_wanted=True)
         fs.detach(pino, name)
         return Result(f"detached {args[0]}", [(pino, name, child)], gc_wanted=True)
+    if cmd == "keep-events":
+        h = events.keep(fs, _number(args[0], "EVENTS"),
+                        _number(args[1], "BYTES") if len(args) > 1 else None)
+        return Result(f"events: keeping the newest {h.keep_events} events, at most "
+                      f"{h.keep_bytes} bytes", gc_wanted=True)
     if cmd == "gc":
         from agentfs.storage.gc import collect
 

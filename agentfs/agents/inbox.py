@@ -13,6 +13,7 @@ import errno
 import re
 import stat
 
+from agentfs.agents import events
 from agentfs.agents.model import Agent, Agents, Role
 from agentfs.errors import FsError
 from agentfs.posix.forks import Tree
@@ -69,8 +70,34 @@ def deliver_message(agents: Agents, a: Agent, staged: bytes, sender: str) -> byt
         seq = _next_seq(t, a)
         final = (b"%06d-%s+%s" % (seq, safe_sender(sender), original))[:NAME_MAX]
         t.tx.txn.put(keys.inbox_seq(a.view), keys.u64(seq + 1))
+        size = t.lookup(inbox, staged).size
         t.move(inbox, staged, inbox, final, RENAME_NOREPLACE)
+        events.record(t, "message", a.name, name=_text(final),
+                      sender=safe_sender(sender).decode(), bytes=size)
     return final
+
+
+def _text(name: bytes) -> str:
+    return name.decode("utf-8", "replace")
+
+
+def is_message(name: bytes) -> bool:
+    """A delivered message's name (not one being written, not any other file)."""
+    return MESSAGE_RE.match(name) is not None
+
+
+def consume_message(agents: Agents, a: Agent, name: bytes,
+                    move_to: tuple[int, bytes, int] | None = None) -> None:
+    """`rm inbox/NAME`, or `mv inbox/NAME DIR/NEW` (`move_to`: the directory,
+    the new name, rename flags): the message leaves the inbox, and the stream
+    says it was consumed, in one transaction."""
+    with agents.fs.transaction() as t:
+        agents.live(t, a.name, a.view)
+        if move_to is None:
+            t.unlink(a.ino(Role.INBOX), name)
+        else:
+            t.rename(a.ino(Role.INBOX), name, *move_to)
+        events.record(t, "consumed", a.name, name=_text(name))
 
 
 def drop_staged(agents: Agents) -> int:

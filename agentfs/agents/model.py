@@ -27,8 +27,10 @@ import re
 import stat
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from agentfs.agents import history
+from agentfs.agents import events, history
+from agentfs.agents.compaction import CompactionPoints
 from agentfs.agents.render import (
     InvalidConfig,
     InvalidLine,
@@ -140,6 +142,7 @@ class Agents:
 
     def __init__(self, fs: FileSystem) -> None:
         self.fs = fs
+        self.compactions = CompactionPoints()
 
     # ------------------------------------------------------------ records
 
@@ -288,11 +291,14 @@ class Agents:
             self._put(t, agent)
             t.tx.txn.put(keys.agent_of_view(v.id), name)
             history.begin(t, v.id)
+            events.record(t, "spawn", sname, parent=parent or None)
             return agent
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, event: str = "remove") -> None:
         """Remove an agent and everything it holds, in one transaction. Its forks
-        keep their history: the turns they inherited stay recorded and pinned."""
+        keep their history: the turns they inherited stay recorded and pinned.
+        `event` says which door it came through ("remove", or "detach" from
+        the mount's ctl)."""
         with self.fs.transaction() as t:
             a = self._get(t, name)
             agents = self._agents_dir(t)
@@ -304,6 +310,7 @@ class Agents:
             else:  # its directory was moved or is gone: the view goes all the same
                 t.kill_view(a.view)
             history.release(t, a.view, is_live=False)
+            events.record(t, event, name)
 
     # ------------------------------------------------------------ transcript
 
@@ -321,6 +328,7 @@ class Agents:
             with self.fs.transaction() as t:
                 a = self._get(t, name) if view is None else self.live(t, name, view)
                 tr = t.attr(a.ino(Role.TRANSCRIPT))
+                size_before = tr.size
                 prev = _last_line(t, tr)
                 for line, obj in zip(lines, parsed, strict=True):
                     validate_next(prev, obj)
@@ -328,12 +336,38 @@ class Agents:
                     a.turns += 1
                     history.record_turn(t, a.view, a.turns, tr.size)
                     prev = obj
+                points = self._compaction_points(t, a, tr.ino, size_before, lines, parsed)
+                first = a.turns - len(lines) + 1
+                evs: list[events.Event] = []
+                for turn, line, obj in zip(range(first, a.turns + 1), lines, parsed, strict=True):
+                    usage = obj.get("usage")  # (validate_line admits none today)
+                    evs.append(("turn", name, {"turn": turn, "role": obj["role"],
+                                               "bytes": len(line) + 1,
+                                               **({"usage": usage} if isinstance(usage, dict)
+                                                  else {})}))
+                    if turn in points:
+                        evs.append(("compaction", name, {"turn": turn}))
+                events.record_all(t, evs)
                 self._put(t, a)
                 return a.turns
         except InvalidLine as e:
             more = (f" (none of the {len(lines)} lines of this write was appended)"
                     if len(lines) > 1 else "")
             raise FsError(errno.EINVAL, f"agents/{name}/transcript: line refused: {e}{more}")
+
+    def _compaction_points(self, t: Tree, a: Agent, transcript: int, size_before: int,
+                           lines: list[bytes], parsed: list[dict[str, Any]]) -> list[int]:
+        """The turns of these appended lines that became compaction points."""
+        def read(ino: int, size: int | None = None) -> bytes:
+            return t.read(ino, 0, t.attr(ino).size if size is None else size)[0]
+
+        return self.compactions.new_points(
+            a.view,
+            lambda: (read(a.ino(Role.SYSTEM)), read(a.ino(Role.TOOLS)),
+                     read(a.ino(Role.PROMPT)), read(a.ino(Role.CONFIG))),
+            lambda: read(a.ino(Role.CONFIG)), size_before > 0,
+            lambda n: read(transcript, n), size_before,
+            [(obj, len(line) + 1) for line, obj in zip(lines, parsed, strict=True)])
 
     def write_file(self, a: Agent, role: Role, offset: int, data: bytes,
                    truncate: bool = False) -> Attr:
@@ -383,6 +417,7 @@ class Agents:
             agents = self._agents_dir(t)
             sname = self._check_free(t, agents, dst)
             s = self._get(t, src)
+            size = t.attr(s.ino(Role.TRANSCRIPT)).size
             if at_turn is None:
                 owner, epoch, turns = s.view, None, s.turns
             else:
@@ -396,7 +431,10 @@ class Agents:
             self._put(t, a)
             t.tx.txn.put(keys.agent_of_view(view), dst)
             history.begin(t, view, s.view, turns)
-            return a
+            events.record(t, "fork", sname, origin=s.name, turn=turns, parent=a.parent)
+        if at_turn is None:
+            self.compactions.forked(s.view, a.view, size)
+        return a
 
     def set_parent(self, name: str, parent: str) -> None:
         """Record the spawner after the fact (`echo P > agents/NAME/parent`), once."""
@@ -415,6 +453,8 @@ class Agents:
             raise FsError(errno.EINVAL, f"status must be one of {', '.join(STATUSES)}")
         with self.fs.transaction() as t:
             a = self._get(t, name)
+            if a.status != status:
+                events.record(t, "status", name, status=status, old=a.status)
             a.status = status
             self._put(t, a)
 

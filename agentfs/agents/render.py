@@ -59,6 +59,7 @@ the test oracle: the same rules written the obvious way (build the dict, then
 from __future__ import annotations
 
 import bisect
+import copy
 import functools
 import json
 import math
@@ -841,6 +842,17 @@ class Renderer:
         self._run_state = self._state
         self._bp_memo: dict[tuple[int, bool], bytes] = {}
 
+    def copy(self) -> Renderer:
+        """An independent renderer in the same state, nothing re-serialised (a
+        fork's, from its origin's: lines are shared, they never change)."""
+        new = copy.copy(self)
+        new._lines = list(self._lines)
+        new._msgs = [(role, list(entries)) for role, entries in self._msgs]
+        new._obs_turns = list(self._obs_turns)
+        new._run = bytearray(self._run)
+        new._bp_memo = dict(self._bp_memo)
+        return new
+
     @property
     def turns(self) -> int:
         return len(self._lines) - 1
@@ -874,6 +886,8 @@ class Renderer:
         return b"".join(self._pieces(todo))
 
     def _compact_if_over_budget(self) -> None:
+        if not self._stubbable():
+            return  # (_choose would find nothing to stub: spare measuring the body)
         size = sum(map(len, self._pieces(None)))
         if estimate_tokens(size, self.policy) <= self.policy.budget_tokens:
             return
@@ -881,6 +895,13 @@ class Renderer:
                       self._savings(self._state.stub_before_turn))
         if new is not None:
             self._state = new
+
+    def _stubbable(self) -> bool:
+        """Has a turn observations that a compaction now could stub (from
+        stub_before_turn, before the keep_recent_turns)?"""
+        i = bisect.bisect_left(self._obs_turns, self._state.stub_before_turn)
+        limit = self.turns - self.policy.keep_recent_turns + 1
+        return i < len(self._obs_turns) and self._obs_turns[i] < limit
 
     def _pieces(self, todo: str | None) -> Pieces:
         self._extend_run()

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from agentfs.cli.completion import agent_names, agent_or_path
+from agentfs.cli.events import events as events_command
 from agentfs.cli.graph import FORMATS as TREE_FORMATS
 
 
@@ -663,6 +664,9 @@ def export(mount_opt: str | None) -> None:
 
     for r in lineage_records(mount_opt):
         click.echo(json.dumps(r, ensure_ascii=False, sort_keys=True))
+
+
+main.add_command(events_command)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ deleted fork or snapshot) that nothing pins any more goes entirely.
 
 Views are queued for collection (`G<view>` keys) whenever a pin on them is
 released or they die; `collect` works through the queue in bounded
-transactions so the daemon can interleave it with requests.
+transactions so the daemon can interleave it with requests. It also trims
+the event stream to its retention limits (eventlog.py: appends trim only a
+few lines each, so a window over lowered limits is cut down here).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from agentfs.storage import keys
+from agentfs.storage import eventlog, keys
 from agentfs.storage.codec import TOMBSTONE
 from agentfs.storage.keys import EPOCH_MAX, KIND_ATTR, birth_of
 from agentfs.storage.kv import prefix_end
@@ -43,6 +45,7 @@ def collect_steps(store: Store, everything: bool = False,
                   stats: dict[str, int] | None = None) -> Iterator[None]:
     """Generator form: each step is one committed transaction."""
     stats = stats if stats is not None else {"views": 0, "versions": 0, "dropped_views": 0}
+    yield from _trim_events(store)
     # Dropping a view releases its pins and queues the views it pinned, which
     # may then go too: go on until the queue stays empty (a chain of nested
     # copies is as deep as the forks were nested; MAX_PASSES bounds a surprise).
@@ -61,6 +64,17 @@ def collect_steps(store: Store, everything: bool = False,
                     if resume is None:
                         tx.txn.delete(keys.gc_queue(vid))
                 yield
+
+
+def _trim_events(store: Store) -> Iterator[None]:
+    """Cut the event stream down to its limits, BATCH lines per transaction."""
+    while True:
+        with store.read() as tx:
+            if not eventlog.head(tx.txn).over_limits():
+                return
+        with store.write() as tx:
+            eventlog.trim(tx.txn, budget=BATCH)
+        yield
 
 
 def _collect_view(tx: Tx, vid: int, start: bytes, stats: dict[str, int]) -> bytes | None:

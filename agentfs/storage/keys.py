@@ -22,6 +22,11 @@ All keys:
     Q<view:4>                                -> u64: next inbox sequence number of `view`'s agent
     H<view:4>                                -> [FORMAT, origin_view, origin_turn]: lineage of an
                                              agent view, kept while forks still need its turns
+    E<seq:8>                                 -> [FORMAT, offset, line]: event `seq` of the mount's
+                                             stream (.agentfs/events), its byte offset and line
+    N                                        -> [FORMAT, next_seq, next_offset, first_seq,
+                                             retained_bytes, keep_events, keep_bytes]: the
+                                             event stream's head, window and its limits
 
 Record kinds (the <kind> of an R key):
 
@@ -113,6 +118,7 @@ class Prefix:
 _VIEWS = "agentfs.storage.views"
 _FS = "agentfs.posix.fs"
 _AGENTS = "agentfs.agents.model"
+_EVENTS = "agentfs.storage.eventlog"
 
 META = Prefix(b"M", "meta", "M<name>", _VIEWS, "global",
               "store metadata (msgpack): format, epoch, next_view")
@@ -141,8 +147,15 @@ INBOX_SEQ = Prefix(b"Q", "inbox sequence", "Q<view:4>", _AGENTS, "view",
 HISTORY = Prefix(b"H", "history", "H<view:4>", _AGENTS, "view",
                  "-> [FORMAT, origin_view, origin_turn]: lineage of an agent view")
 
+EVENT = Prefix(b"E", "event", "E<seq:8>", _EVENTS, "global",
+               "-> [FORMAT, offset, line]: one line of the mount's event stream")
+EVENT_HEAD = Prefix(b"N", "event stream", "N", _EVENTS, "global",
+                    "-> [FORMAT, next_seq, next_offset, first_seq, retained_bytes, keep_events, "
+                    "keep_bytes]")
+
 TABLE: tuple[Prefix, ...] = (META, VIEW, PIN, SNAPSHOT, ORPHAN, RECORD, GC_QUEUE, CONTAINED,
-                             NESTED_COPY, AGENT, AGENT_OF_VIEW, TURN, INBOX_SEQ, HISTORY)
+                             NESTED_COPY, AGENT, AGENT_OF_VIEW, TURN, INBOX_SEQ, HISTORY,
+                             EVENT, EVENT_HEAD)
 VIEW_SCOPED: tuple[Prefix, ...] = tuple(p for p in TABLE if p.scope == "view")
 _BY_TAG = {p.tag: p for p in TABLE}
 META_NAMES = ("format", "epoch", "next_view")
@@ -446,3 +459,23 @@ def inbox_seq(view: int) -> bytes:
 
 def history(view: int) -> bytes:
     return HISTORY.of_view(view)
+
+
+# ---------------------------------------------------------------- the event stream's keys
+
+
+def event(seq: int) -> bytes:
+    return EVENT.tag + u64(seq)
+
+
+def event_span() -> tuple[bytes, bytes]:
+    return EVENT.span()
+
+
+def parse_event(key: bytes) -> int:
+    """The sequence number of an E key."""
+    return read_u64(key, 1)
+
+
+def event_head() -> bytes:
+    return EVENT_HEAD.tag

@@ -627,6 +627,7 @@ def _virtual_inodes(ops: Operations) -> dict[str, int]:
         ".agentfs/ctl": ino(ops, ROOT_INO, b".agentfs", b"ctl"),
         ".agentfs/errstr": ino(ops, ROOT_INO, b".agentfs", b"errstr"),
         ".agentfs/lineage": ino(ops, ROOT_INO, b".agentfs", b"lineage"),
+        ".agentfs/events": ino(ops, ROOT_INO, b".agentfs", b"events"),
         ".snapshots": ino(ops, a, b".snapshots"),
         "AGENTS.md": ino(ops, ROOT_INO, b"AGENTS.md"),
         "inbox/.wait-0": ino(ops, box, b".wait-0"),

@@ -192,7 +192,8 @@ def test_readdir_of_snapshots_and_ctl_dir(ops: Operations, readdir_recorder: Non
     run(ops.mkdir, sd, b"s1", 0o755, CTX)
     run(ops.mkdir, sd, b"s2", 0o755, CTX)
     assert sorted(n for n, _, _ in listdir(ops, sd).entries) == [b"s1", b"s2"]
-    assert [n for n, _, _ in listdir(ops, CTLDIR_INO).entries] == [b"ctl", b"errstr", b"lineage"]
+    assert [n for n, _, _ in listdir(ops, CTLDIR_INO).entries] == [b"ctl", b"errstr", b"events",
+                                                                   b"lineage"]
 
 
 def test_opendir_errors(ops: Operations) -> None:
