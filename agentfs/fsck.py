@@ -27,7 +27,9 @@ Invariants checked:
   log files (transcripts) hold contiguous, decodable appends from 0 to their
   size and nothing else;
 - orphans of live views have nlink 0; in the root view every inode is
-  reachable or an orphan;
+  reachable (from the root or from a staged import's directory) or an orphan;
+- staged imports (`I`) of live views name directories, walked like the tree
+  (an import fills them in batches before one entry makes them visible);
 - entries that lead into another view lead to that view's root, and that view
   is alive and contained here;
 - the agent layer's records (agents/check.py): agents, their views, turns,
@@ -108,6 +110,7 @@ class _Seen:
     now: int
     pins: dict[int, set[tuple[int, bytes]]] = field(default_factory=dict)
     orphans: dict[int, set[int]] = field(default_factory=dict)
+    staged: dict[int, set[int]] = field(default_factory=dict)
     contained: set[tuple[int, int]] = field(default_factory=set)
     last_record: bytes = b""
 
@@ -131,10 +134,11 @@ def _check(tx: Tx, r: Report) -> None:
         if v.kind == "dead":
             continue
         _check_orphans(tx, r, vid, seen.orphans.get(vid, set()))
+        staged = _check_staged(tx, r, vid, seen.staged.get(vid, set()))
         root = tx.get(vid, attr_suffix(v.root))
         if root is not None and Attr.decode(root).nlink == 0 and vid != ROOT_VIEW:
             continue  # a removed fork root the kernel has not forgotten yet
-        _check_tree(tx, r, vid, v, views, seen.orphans.get(vid, set()))
+        _check_tree(tx, r, vid, v, views, seen.orphans.get(vid, set()), staged)
     check_agents(tx, r.problems)
 
 
@@ -226,6 +230,11 @@ def _check_orphan_key(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> N
     seen.orphans.setdefault(vid, set()).add(local)
 
 
+def _check_staged_key(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
+    vid, local = keys.parse_staged(k)
+    seen.staged.setdefault(vid, set()).add(local)
+
+
 def _check_record(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
     r.records += 1
     b = birth_of(k)
@@ -269,6 +278,7 @@ _KEY_CHECKS = {
     keys.PIN.tag: _check_pin,
     keys.SNAPSHOT.tag: _check_snapshot,
     keys.ORPHAN.tag: _check_orphan_key,
+    keys.STAGED.tag: _check_staged_key,
     keys.RECORD.tag: _check_record,
     keys.CONTAINED.tag: _check_contained,
     keys.NESTED_COPY.tag: _check_nested_copy,
@@ -334,11 +344,26 @@ def _check_orphans(tx: Tx, r: Report, vid: int, orphans: set[int]) -> None:
                               f"{Attr.decode(raw).nlink}")
 
 
+def _check_staged(tx: Tx, r: Report, vid: int, staged: set[int]) -> list[int]:
+    """The staged imports of a live view that name directories (the others said)."""
+    roots = []
+    for local in sorted(staged):
+        raw = tx.get(vid, attr_suffix(local))
+        if raw is None:
+            r.problems.append(f"view {vid}: staged import {local} has no attributes")
+        elif not Attr.decode(raw).is_dir:
+            r.problems.append(f"view {vid}: staged import {local} is not a directory")
+        else:
+            roots.append(local)
+    return roots
+
+
 def _check_tree(tx: Tx, r: Report, vid: int, v: ViewDef, views: dict[int, ViewDef],
-                orphans: set[int]) -> None:
+                orphans: set[int], staged: list[int]) -> None:
     links: dict[int, int] = {}
     seen: set[int] = set()
-    stack: list[tuple[int, int | None]] = [(v.root, None)]
+    # A staged import's directory is a tree of its own until it is linked in.
+    stack: list[tuple[int, int | None]] = [(v.root, None), *((s, None) for s in staged)]
     while stack:
         local, parent = stack.pop()
         if local in seen:

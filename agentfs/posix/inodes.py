@@ -627,9 +627,14 @@ class Inodes:
             raise FsError(errno.EEXIST, "attribute exists")
         if flags & XATTR_REPLACE and not exists:
             raise FsError(errno.ENODATA, "no such attribute")
-        self.tx.put(view, xattr_suffix(local, name), b"\x01" + value)
+        self.put_xattr(ino, name, value)
         a.ctime_ns = self.clock()
         self.put_attr(a)
+
+    def put_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        """Store attribute `name` of `ino` (checked by the caller; attributes untouched)."""
+        view, local = split_ino(ino)
+        self.tx.put(view, xattr_suffix(local, name), b"\x01" + value)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         self.check_rw(ino)
