@@ -579,5 +579,15 @@ def export(mount_opt: str | None) -> None:
         click.echo(json.dumps(r, ensure_ascii=False, sort_keys=True))
 
 
+def _register_commands() -> None:
+    """Commands kept in modules of their own."""
+    from agentfs.cli.importer import import_command
+
+    main.add_command(import_command)
+
+
+_register_commands()
+
+
 if __name__ == "__main__":
     main()

@@ -48,7 +48,7 @@ from agentfs.storage.kv import NoSpace
 
 BATCH_INODES = 4000
 BATCH_BYTES = 16 << 20
-BATCH_SECONDS = 0.05  # what a request waiting behind one batch may wait, about
+BATCH_SECONDS = 0.02  # what a request waiting behind one batch may wait, about
 FREE_BATCH = 5000  # inodes freed per transaction when an import is abandoned
 CHUNK = 8 * BLOCK_SIZE  # bytes read from a host file at a time
 DEVICES = stat.S_IFCHR, stat.S_IFBLK
