@@ -15,10 +15,15 @@ import re
 import stat
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Mount
 from hosttree import ENTRIES, host_tree
+
+if TYPE_CHECKING:
+    from conftest import (
+        Mount,  # (the mount fixture's; not imported: unit tests have a conftest too)
+    )
 
 pytestmark = pytest.mark.agentfs_only
 
