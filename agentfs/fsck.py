@@ -42,6 +42,7 @@ gc drops with the view; they need only name the view.
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agentfs.agents.check import check_agents
@@ -73,15 +74,39 @@ class Report:
                 f"{self.records} records")
 
 
-def check_store(engine: Engine) -> Report:
+Progress = Callable[[int, int], None]
+"""progress(done, total): keys checked out of the store's keys, then the trees'
+inodes walked on top (the total grows by the inodes once the keys are done)."""
+
+PROGRESS_EVERY = 4096  # keys or inodes between two calls of `progress`
+
+
+def check_store(engine: Engine, progress: Progress | None = None) -> Report:
     r = Report()
     r.problems.extend(_meta_problems(engine))
     if r.problems:
         return r  # nothing else can be read without the epoch (and Store would format)
     store = Store(engine)
     with store.read() as tx:
-        _check(tx, r)
+        _check(tx, r, _Progress(progress, engine.entries() if progress else 0))
     return r
+
+
+@dataclass
+class _Progress:
+    report: Progress | None
+    total: int
+    done: int = 0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        if self.report is not None and self.done % PROGRESS_EVERY < n:
+            self.report(self.done, max(self.total, self.done))
+
+    def more(self, n: int) -> None:
+        self.total += n
+        if self.report is not None:
+            self.report(self.done, self.total)
 
 
 def _meta_problems(engine: Engine) -> list[str]:
@@ -113,13 +138,14 @@ class _Seen:
     staged: dict[int, set[int]] = field(default_factory=dict)
     contained: set[tuple[int, int]] = field(default_factory=set)
     last_record: bytes = b""
+    attrs: int = 0  # attribute records (versions): about what the tree walks will visit
 
     def live(self, vid: int) -> bool:
         v = self.views.get(vid)
         return v is not None and v.kind != "dead"
 
 
-def _check(tx: Tx, r: Report) -> None:
+def _check(tx: Tx, r: Report, progress: _Progress) -> None:
     views = _load_views(tx, r)
     r.views = len(views)
     if ROOT_VIEW not in views:
@@ -128,6 +154,8 @@ def _check(tx: Tx, r: Report) -> None:
     seen = _Seen(views, tx.store.epoch)
     for k, raw in tx.txn.scan(b""):
         _check_key(tx, r, seen, k, raw)
+        progress.step()
+    progress.more(seen.attrs)
     _check_views(tx, r, seen)
     _check_turn_holders(tx, r, seen)
     for vid, v in views.items():
@@ -138,8 +166,12 @@ def _check(tx: Tx, r: Report) -> None:
         root = tx.get(vid, attr_suffix(v.root))
         if root is not None and Attr.decode(root).nlink == 0 and vid != ROOT_VIEW:
             continue  # a removed fork root the kernel has not forgotten yet
+        before = r.inodes
         _check_tree(tx, r, vid, v, views, seen.orphans.get(vid, set()), staged)
+        progress.step(r.inodes - before)
     check_agents(tx, r.problems)
+    if progress.report is not None:
+        progress.report(progress.total, progress.total)
 
 
 def _load_views(tx: Tx, r: Report) -> dict[int, ViewDef]:
@@ -237,6 +269,8 @@ def _check_staged_key(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> N
 
 def _check_record(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
     r.records += 1
+    if keys.parse_record(k)[2] == KIND_ATTR:
+        seen.attrs += 1
     b = birth_of(k)
     if b > seen.now:
         r.problems.append(f"record {k.hex()} born at {b}, after now ({seen.now})")

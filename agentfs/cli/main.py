@@ -266,13 +266,15 @@ def gc(store: str | None, mountpoint: str | None) -> None:
     if mountpoint:
         click.echo(control(find_mount(mountpoint), "gc"))
         return
+    from agentfs.cli.progress import progress_bar
     from agentfs.posix.fs import FileSystem
     from agentfs.storage.gc import collect
 
     url = store_url(store)
     lock = _lock_unmounted(url.directory) if url.directory and url.directory.is_dir() else None
     fs = FileSystem(open_store(url))
-    stats = collect(fs.store, everything=True)
+    with progress_bar("gc", "views", plain=False) as bar:
+        stats = collect(fs.store, everything=True, progress=bar)
     fs.engine.close()
     if lock is not None:
         os.close(lock)
@@ -314,10 +316,12 @@ def _lock_unmounted(store: Path) -> int:
 @click.option("--store", default=None, help="store URL or directory (lmdb:DIR)")
 def fsck(store: str | None) -> None:
     """Check every invariant of the store; exit 0 only when clean."""
+    from agentfs.cli.progress import progress_bar
     from agentfs.fsck import check_store
 
     engine = open_store(store_url(store))
-    report = check_store(engine)
+    with progress_bar("fsck", "keys+inodes", plain=False) as bar:
+        report = check_store(engine, progress=bar)
     engine.close()
     for line in report.problems:
         click.echo(f"PROBLEM {line}")
@@ -575,8 +579,13 @@ def export(mount_opt: str | None) -> None:
     turns, status (and "inferred": true where the mount does not expose lineage)."""
     import json
 
-    for r in lineage_records(mount_opt):
-        click.echo(json.dumps(r, ensure_ascii=False, sort_keys=True))
+    from agentfs.cli.progress import progress_bar
+
+    records = lineage_records(mount_opt)
+    with progress_bar("export", "records", plain=False) as bar:
+        for i, r in enumerate(records, 1):
+            click.echo(json.dumps(r, ensure_ascii=False, sort_keys=True))
+            bar(i, len(records))
 
 
 def _register_commands() -> None:

@@ -62,11 +62,19 @@ class Bar:
             self.stream.flush()
 
 
+def quiet(done: int, total: int, extra: str = "") -> None:
+    """The callback when there is nothing to show progress on."""
+
+
 @contextmanager
-def progress_bar(label: str, unit: str = "", stream: TextIO | None = None
-                 ) -> Iterator[Callable[..., None]]:
-    """A `progress(done, total, extra="")` callback for the block's work."""
+def progress_bar(label: str, unit: str = "", stream: TextIO | None = None,
+                 plain: bool = True) -> Iterator[Callable[..., None]]:
+    """A `progress(done, total, extra="")` callback for the block's work: a
+    bar on a terminal; elsewhere plain lines, or (plain=False) nothing."""
     out = stream if stream is not None else sys.stderr
+    if not out.isatty() and not plain:
+        yield quiet
+        return
     bar = Bar(label, unit, out, out.isatty())
     try:
         yield bar

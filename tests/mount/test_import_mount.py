@@ -20,10 +20,8 @@ from typing import TYPE_CHECKING
 import pytest
 from hosttree import ENTRIES, host_tree
 
-if TYPE_CHECKING:
-    from conftest import (
-        Mount,  # (the mount fixture's; not imported: unit tests have a conftest too)
-    )
+if TYPE_CHECKING:  # (only then: a unit test's conftest may be the one imported)
+    from conftest import Mount
 
 pytestmark = pytest.mark.agentfs_only
 
