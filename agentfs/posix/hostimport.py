@@ -334,7 +334,7 @@ class HostImport:
                 a = t.attr(self.inos[e.first])
                 a.nlink += 1
                 t.put_attr(a)
-                t.link_entry(parent, e.name, a)
+                t.link_entry(parent, e.name, a, new=True)
                 ino = a.ino
             else:
                 a = self._attr(e, now)
@@ -347,7 +347,7 @@ class HostImport:
                 elif a.is_link:
                     a.target = self._host(os.readlink, e.path)
                     a.size = len(a.target)
-                t.link_entry(parent, e.name, a)
+                t.link_entry(parent, e.name, a, new=True)
                 self._copy_xattrs(t, e.path, ino)
                 if a.is_reg:
                     fd = self._host(os.open, e.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -355,7 +355,7 @@ class HostImport:
                     self.partial = (fd, a, 0, e.st.st_size)
                     budget -= self._copy_data(t, budget)
                 else:
-                    t.put_attr(a)
+                    t.put_attr(a, new=True)
             self.inos.append(ino)
             self.next += 1
             self.progress.files_done += 1
@@ -366,22 +366,23 @@ class HostImport:
         its attributes are saved with the size written so far. Bytes copied."""
         assert self.partial is not None
         fd, a, off, expected = self.partial
+        first_save = off == 0
         copied = 0
         done = False
         while copied < max(budget, 1):
             # Ask for one byte more than the file should have left: a short
             # read is its end, without a second read to see it.
-            want = min(CHUNK, max(expected - off, 0) + 1)
+            want = min(CHUNK, expected - off + 1) if off <= expected else CHUNK
             data = self._host(os.pread, fd, want, off)
             if data:
-                t.write_blocks(a, off, data)
+                t.write_blocks(a, off, data, new=True)
                 off += len(data)
                 a.size = off
                 copied += len(data)
             if len(data) < want:
                 done = True
                 break
-        t.put_attr(a)
+        t.put_attr(a, new=first_save)
         self.progress.bytes_done += copied
         if done:
             self.finished.append(fd)
@@ -404,7 +405,7 @@ class HostImport:
             bname = os.fsencode(name)
             if bname.startswith(XATTR_NAMESPACES):
                 t.put_xattr(ino, bname, self._host(os.getxattr, path, name,
-                                                   follow_symlinks=False))
+                                                   follow_symlinks=False), new=True)
 
     @staticmethod
     def _host(fn: Callable[..., T], path_or_fd: bytes | int, *args: object, **kw: object) -> T:

@@ -229,3 +229,22 @@ def test_devices_are_skipped_with_a_reason(fs: FileSystem, tmp_path: Path) -> No
     summary = run(fs, src, "dst")
     assert "skipped 1 device node(s)" in summary and "character device" in summary
     assert names(fs, fs.path_ino("dst")) == [b"f"]
+
+
+def test_a_file_that_changed_after_the_scan(fs: FileSystem, tmp_path: Path,
+                                            small_batches: None) -> None:
+    """What is read is what is imported, whole (the scan's size is only a hint)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "grows").write_bytes(b"a" * 1000)
+    (src / "shrinks").write_bytes(b"b" * 300_000)
+    imp = HostImport(fs, str(src), "dst")
+    imp.check()
+    imp.scan()
+    grown = os.urandom(200_001)
+    (src / "grows").write_bytes(grown)
+    (src / "shrinks").write_bytes(b"c" * 10)
+    for _ in imp.steps():
+        pass
+    assert content(fs, fs.path_ino("dst/grows")) == grown
+    assert content(fs, fs.path_ino("dst/shrinks")) == b"c" * 10
