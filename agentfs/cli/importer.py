@@ -10,11 +10,14 @@ otherwise; exit status 1 and the daemon's reason on failure.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -64,12 +67,14 @@ def import_command(hostdir: str, directory: str, mount_opt: str | None) -> None:
     xattrs are kept; device nodes are skipped. Nothing shows in the mount until
     the whole tree is in.
     """
-    from agentfs.cli.main import control
-
     mount, dest = destination(directory, mount_opt)
     host = os.path.abspath(hostdir)  # the daemon has its own working directory
-    control(mount, "import", host, dest)
     ctl = mount / ".agentfs" / "ctl"
+    try:
+        with open(ctl, "w") as f:
+            f.write(f"import {shlex.quote(host)} {shlex.quote(dest)}\n")
+    except OSError as e:  # refused at once: nothing was done
+        fail(mount, errno.errorcode.get(e.errno or 0, str(e.errno)), e.strerror or "")
     pid = os.getpid()
     job = None
     try:
@@ -97,8 +102,12 @@ def import_command(hostdir: str, directory: str, mount_opt: str | None) -> None:
                    f"(cat {ctl})", err=True)
         sys.exit(130)
     if state == "failed":
-        reason = (mount / ".agentfs" / "errstr").read_text().strip() or rest.strip()
-        code = rest.split(":", 1)[0].strip()
-        click.echo(f"agentfs import failed ({code}): {reason}", err=True)
-        sys.exit(1)
+        fail(mount, rest.split(":", 1)[0].strip(), rest.strip())
     click.echo(rest.strip())
+
+
+def fail(mount: Path, code: str, fallback: str) -> NoReturn:
+    """Exit 1 with the errno's name and the daemon's reason (errstr)."""
+    reason = (mount / ".agentfs" / "errstr").read_text().strip() or fallback
+    click.echo(f"agentfs import failed ({code}): {reason}", err=True)
+    sys.exit(1)

@@ -97,7 +97,7 @@ class HostImport:
     def __init__(self, fs: FileSystem, host: str, dest: str) -> None:
         self.fs = fs
         self.host = host
-        self.dest = posixpath.normpath("/" + dest)
+        self.dest = "/" + posixpath.normpath("/" + dest).lstrip("/")
         self.keep_owner = os.geteuid() == 0
         self.progress = Progress()
         self.plan = Plan()
@@ -130,6 +130,7 @@ class HostImport:
             raise FsError(errno.ENOTDIR, f"{self.host} is not a directory")
         if self.dest == "/":
             self.merge, self.dest_ino = True, self.fs.path_ino("/")
+            self.fs.query(self._check_free_names)
         else:
             parent, name = posixpath.split(self.dest)
             self.fs.query(lambda t: self._resolve(t, parent, os.fsencode(name)))
@@ -148,6 +149,25 @@ class HostImport:
             self.merge, self.dest_ino = True, found
         t.check_rw(self.dest_ino)
         t.live_dir(self.dest_ino)
+        if self.merge:
+            self._check_free_names(t)
+
+    def _check_free_names(self, t: Tree) -> None:
+        """EEXIST now for a name of HOSTDIR that DIR already has (the last step
+        looks again: one may be made meanwhile)."""
+        try:
+            names = os.listdir(os.fsencode(self.host))
+        except OSError as e:
+            raise FsError(e.errno or errno.EIO, f"{self.host}: cannot read the directory "
+                          f"({e.strerror})")
+        for name in names:
+            t.check_reserved(self.dest_ino, name)
+            if t.entry(self.dest_ino, name) is not None:
+                raise FsError(errno.EEXIST, f"{self._in_dest(name)} exists; nothing was "
+                              "imported")
+
+    def _in_dest(self, name: bytes) -> str:
+        return posixpath.join(self.dest, os.fsdecode(name))
 
     # ------------------------------------------------------------ 2. the host tree
 
@@ -432,8 +452,8 @@ class HostImport:
             for ent in moved:
                 t.check_reserved(self.dest_ino, ent.name)
                 if t.entry(self.dest_ino, ent.name) is not None:
-                    raise FsError(errno.EEXIST, f"{posixpath.join(self.dest, os.fsdecode(ent.name))}"
-                                  " exists; nothing was imported")
+                    raise FsError(errno.EEXIST, f"{self._in_dest(ent.name)} exists (made "
+                                  "during the import); nothing was imported")
             for ent in moved:
                 t.link_entry(self.dest_ino, ent.name, ent.attr)
                 if ent.attr.is_dir:

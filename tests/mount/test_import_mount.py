@@ -13,6 +13,8 @@ import hashlib
 import os
 import re
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,7 +105,8 @@ def test_import_into_an_existing_directory(mount: Mount, tmp_path: Path) -> None
     # A second time: sub exists, so nothing moves; the CLI says why.
     res = mount.cli("import", str(src), str(ws), check=False)
     assert res.returncode == 1
-    assert "failed (EEXIST)" in res.stderr and "/ws/sub exists" in res.stderr, res.stderr
+    assert "import failed (EEXIST): " in res.stderr, res.stderr
+    assert " /ws/sub exists; nothing was imported" in res.stderr, res.stderr
     assert sorted(os.listdir(ws)) == ["mine", "sub"]
 
 
@@ -160,3 +163,27 @@ def test_sigkill_mid_import_leaves_nothing(mount: Mount, tmp_path: Path) -> None
 def names(top: Path) -> list[str]:
     return sorted(str(Path(d, n).relative_to(top)) for d, ds, fs in os.walk(top)
                   for n in ds + fs)
+
+
+def test_a_failure_on_the_way_frees_everything(mount: Mount, tmp_path: Path) -> None:
+    """A name taken in DIR while the import runs: the last step refuses, the
+    CLI says why (errno and errstr), nothing of the import is left."""
+    src = host_tree(tmp_path, files=500)
+    chunk = os.urandom(1 << 20)
+    for i in range(6):
+        (src / f"large{i}").write_bytes(chunk * 16)
+    ws = mount.path / "ws"
+    ws.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "agentfs.cli", "import", str(src), str(ws)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not re.search(r"importing [1-9]", status(mount)):
+        assert time.monotonic() < deadline and proc.poll() is None, status(mount)
+        time.sleep(0.002)
+    (ws / "setuid").write_text("mine")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert "import failed (EEXIST): " in err and "/ws/setuid exists (made during the import)" \
+        in err, err
+    assert os.listdir(ws) == ["setuid"]
+    mount.fsck()

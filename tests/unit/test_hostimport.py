@@ -163,8 +163,22 @@ def test_a_name_taken_in_the_directory_imports_nothing(fs: FileSystem, tmp_path:
     work = mkdir(fs, ROOT_INO, b"work")
     mkfile(fs, work.ino, b"empty", b"mine")
     with raises(errno.EEXIST) as info:
-        run(fs, src, "work")
-    assert "/work/empty exists" in info.value.message
+        HostImport(fs, str(src), "work").check()  # at once, before anything is done
+    assert info.value.message == "/work/empty exists; nothing was imported"
+    fs.unlink(work.ino, b"empty")
+    imp = HostImport(fs, str(src), "//work/")
+    imp.check()
+    imp.scan()
+    steps = imp.steps()
+    next(steps)
+    mkfile(fs, work.ino, b"empty", b"mine")  # made during the import
+    with raises(errno.EEXIST) as info:
+        for _ in steps:
+            pass
+    for _ in imp.abandon():
+        pass
+    assert info.value.message == ("/work/empty exists (made during the import); nothing "
+                                  "was imported")
     assert names(fs, work.ino) == [b"empty"]
     assert count_staged(fs.engine) == 0
 
