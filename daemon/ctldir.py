@@ -87,6 +87,8 @@ class ControlDir(Namespace):
             if result.job is not None:
                 job = self.imports.start(result.job, pid)
                 result.message = f"import {job.id} started"
+            if result.cancel_job:
+                self.imports.cancel(result.cancel_job, pid)
         except FsError as e:
             raise e.within(text.strip())
         self.effects.done(result)

@@ -53,6 +53,7 @@ class Job:
     work: HostImport
     state: str = "running"  # running | done | failed
     outcome: str = ""
+    cancelled_by: int = 0  # the pid that asked to stop it
 
     def line(self) -> str:
         w = self.work
@@ -77,16 +78,30 @@ class Imports:
         self.jobs: list[Job] = []
         self.ids = itertools.count(1)
 
-    def start(self, work: HostImport, pid: int) -> Job:
-        """Start a checked import for process `pid` (EPERM unless it runs as root
-        or as the daemon's user)."""
+    @staticmethod
+    def check_user(pid: int) -> None:
+        """EPERM unless process `pid` runs as root or as the daemon's user."""
         try:
             uid = os.stat(f"/proc/{pid}").st_uid
         except OSError:
             uid = -1
         if uid not in (0, os.geteuid()):
             raise FsError(errno.EPERM, "import reads the host as the daemon's user: only "
-                          "root or that user may ask for one")
+                          "root or that user may ask for one, or stop one")
+
+    def cancel(self, job_id: int, pid: int) -> None:
+        """Stop import `job_id` after its step in progress; it frees what it staged."""
+        self.check_user(pid)
+        for job in self.jobs:
+            if job.id == job_id and job.state == "running":
+                job.cancelled_by = pid
+                return
+        raise FsError(errno.ENOENT, f"no import {job_id} is running")
+
+    def start(self, work: HostImport, pid: int) -> Job:
+        """Start a checked import for process `pid` (EPERM unless it runs as root
+        or as the daemon's user)."""
+        self.check_user(pid)
         job = Job(next(self.ids), pid, work)
         self.jobs.append(job)
         finished = [j for j in self.jobs if j.state != "running"]
@@ -100,9 +115,12 @@ class Imports:
         try:
             await trio.to_thread.run_sync(w.scan)
             start = trio.current_time()
-            for _ in w.steps():
+            for p in w.steps():
                 await self.defer(trio.current_time() - start)
                 start = trio.current_time()
+                if job.cancelled_by and p.phase != "done":
+                    raise FsError(errno.ECANCELED, f"cancelled by pid {job.cancelled_by}; "
+                                  "nothing of the import is kept")
         except Exception as e:  # noqa: BLE001 - a system task must not raise
             await self.failed(job, e)
             return

@@ -13,6 +13,7 @@ Mount level (`MOUNT/.agentfs/ctl`):
                                 large transactions, visible only once whole
                                 (agentfs.posix.hostimport); the daemon runs it in
                                 the background and its ctl shows the progress
+    import-cancel ID            stop import ID; nothing of it is kept
 
 Agent level (`agents/NAME/ctl`):
 
@@ -49,6 +50,7 @@ USAGE = {
     "gc": "gc",
     "sync": "sync",
     "import": "import HOSTDIR DIR",
+    "import-cancel": "import-cancel ID",
 }
 AGENT_USAGE = ("commands: fork NEW | fork NEW at TURN | snapshot NAME | "
                f"status {'|'.join(STATUSES)} | remove")
@@ -60,12 +62,14 @@ class Result:
     """What a command did: a line for the status file, the directory entries it
     changed behind the kernel's back (parent, name, removed inode or 0) so the
     daemon can invalidate the kernel's caches, whether gc has work, and the
-    work a long command leaves to run in the background (checked, not begun)."""
+    work a long command leaves to run in the background (checked, not begun)
+    or the one it asks to stop."""
 
     message: str
     changed: list[tuple[int, bytes, int]] = field(default_factory=list)
     gc_wanted: bool = False
     job: HostImport | None = None
+    cancel_job: int = 0
 
 
 def _split_parent(path: str) -> tuple[str, bytes]:
@@ -129,6 +133,8 @@ def run_command(agents: Agents, line: str) -> Result:
         return Result(f"detached {args[0]}", [(pino, name, child)], gc_wanted=True)
     if cmd == "import":
         return _import(agents, args[0], args[1])
+    if cmd == "import-cancel":
+        return Result(f"cancelling import {args[0]}", cancel_job=_number(args[0], "ID"))
     if cmd == "gc":
         from agentfs.storage.gc import collect
 

@@ -98,12 +98,32 @@ def import_command(hostdir: str, directory: str, mount_opt: str | None) -> None:
                     break
                 time.sleep(POLL)
     except KeyboardInterrupt:
-        click.echo(f"agentfs import: interrupted; import {job} goes on in the daemon "
-                   f"(cat {ctl})", err=True)
+        cancel(mount, pid, job)
         sys.exit(130)
     if state == "failed":
         fail(mount, rest.split(":", 1)[0].strip(), rest.strip())
     click.echo(rest.strip())
+
+
+def cancel(mount: Path, pid: int, job: int | None) -> None:
+    """^C: stop the import, and wait until the daemon has freed what it staged."""
+    ctl = mount / ".agentfs" / "ctl"
+    found = job_line(ctl.read_text(), pid, job)
+    if found is None:
+        return
+    try:
+        with open(ctl, "w") as f:
+            f.write(f"import-cancel {found[0]}\n")
+    except OSError:
+        pass  # it ended meanwhile: its line says how
+    job_id, state = found[0], found[1]
+    while state not in ("done:", "failed", "gone"):
+        time.sleep(POLL)
+        now = job_line(ctl.read_text(), pid, job_id)
+        state = now[1] if now is not None else "gone"
+    what = {"failed": "cancelled; nothing was imported",
+            "done:": "interrupted, but the import had finished"}.get(state, "interrupted")
+    click.echo(f"agentfs import: {what}", err=True)
 
 
 def fail(mount: Path, code: str, fallback: str) -> NoReturn:

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -187,3 +188,24 @@ def test_a_failure_on_the_way_frees_everything(mount: Mount, tmp_path: Path) -> 
         in err, err
     assert os.listdir(ws) == ["setuid"]
     mount.fsck()
+
+
+def test_ctrl_c_cancels_the_import(mount: Mount, tmp_path: Path) -> None:
+    src = host_tree(tmp_path, files=500)
+    chunk = os.urandom(1 << 20)
+    for i in range(6):
+        (src / f"large{i}").write_bytes(chunk * 16)
+    proc = subprocess.Popen([sys.executable, "-m", "agentfs.cli", "import", str(src),
+                             str(mount.path / "dst")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not re.search(r"importing [1-9]", status(mount)):
+        assert time.monotonic() < deadline and proc.poll() is None, status(mount)
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "agentfs import: cancelled; nothing was imported" in err, err
+    assert "failed ECANCELED: cancelled by pid" in status(mount)
+    assert not (mount.path / "dst").exists()
+    refused(mount, "import-cancel 1", errno.ENOENT, "no import 1 is running")
+    refused(mount, "import-cancel x", errno.EINVAL, "ID must be a number")
