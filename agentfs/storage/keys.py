@@ -125,7 +125,7 @@ SNAPSHOT = Prefix(b"S", "snapshot", "S<view:4><dir:8><name>", _FS, "view",
                   "snapshot NAME of directory `dir` -> u32 snapshot view")
 ORPHAN = Prefix(b"O", "orphan", "O<view:4><ino:8>", _FS, "view",
                 "an inode with nlink 0 that is still open")
-STAGED = Prefix(b"I", "staged import", "I<view:4><ino:8>", "agentfs.posix.hostimport", "view",
+STAGED = Prefix(b"I", "staged import", "I<view:4><ino:8>", _FS, "view",
                 "directory `ino` is being filled by an import and no entry leads to it "
                 "yet; freed with its tree at mount if the import never finished")
 RECORD = Prefix(b"R", "record", "R<view:4><ino:8><kind:1><sub><~epoch:8>", _VIEWS, "view",
