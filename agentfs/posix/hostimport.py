@@ -37,7 +37,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import TypeVar
 
 from agentfs.errors import FsError
 from agentfs.posix.forks import Tree
@@ -60,28 +60,21 @@ def describe(mode: int) -> str:
     return "character device" if stat.S_ISCHR(mode) else "block device"
 
 
-# A host entry is a plain tuple of these fields: the garbage collector stops
-# tracking tuples of plain values, so that the plan of a million files costs
-# the daemon's collections nothing (as objects it cost 100 ms per 100k files,
-# a pause every request would wait out).
-HostEntry = tuple[int, bytes, bytes, int, int, int, int, int, int, int, int]
-PARENT: Final = 0  # index of its directory in Plan.entries (-1: the root)
-NAME: Final = 1
-PATH: Final = 2
-MODE: Final = 3  # ... to RDEV: from its lstat
-UID: Final = 4
-GID: Final = 5
-SIZE: Final = 6
-ATIME: Final = 7
-MTIME: Final = 8
-RDEV: Final = 9
-FIRST: Final = 10  # a hard link: the entry that carries the inode (-1: this one does)
+# A host entry is a plain tuple, (parent, name, path, first, st): the index of
+# its directory in Plan.entries (-1: the root), its name and host path, for a
+# hard link the entry that carries the inode (-1: this one does), and the
+# fields of its lstat below. The garbage collector stops tracking tuples of
+# plain values, so that the plan of a million files costs the daemon's
+# collections nothing (as objects, 100 ms per 100k files: a pause every
+# request would wait out).
+HostEntry = tuple[int, bytes, bytes, int, tuple[int, ...]]
+MODE, UID, GID, SIZE, ATIME, MTIME, RDEV = range(7)
 
 
 def host_entry(parent: int, name: bytes, path: bytes, st: os.stat_result,
                first: int = -1) -> HostEntry:
-    return (parent, name, path, st.st_mode, st.st_uid, st.st_gid, st.st_size,
-            st.st_atime_ns, st.st_mtime_ns, st.st_rdev, first)
+    return (parent, name, path, first, (st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                                        st.st_atime_ns, st.st_mtime_ns, st.st_rdev))
 
 
 @dataclass
@@ -195,9 +188,9 @@ class HostImport:
         links: dict[tuple[int, int], int] = {}  # host (dev, ino) -> entry carrying it
         i = 0
         while i < len(plan.entries):
-            d = plan.entries[i]
-            if stat.S_ISDIR(d[MODE]):
-                for name, path, st in self._listing(d[PATH]):
+            _, _, dpath, _, dst = plan.entries[i]
+            if stat.S_ISDIR(dst[MODE]):
+                for name, path, st in self._listing(dpath):
                     if stat.S_IFMT(st.st_mode) in DEVICES:
                         plan.skipped.append(f"{os.fsdecode(path)} ({describe(st.st_mode)})")
                         continue
@@ -324,12 +317,12 @@ class HostImport:
                 os.close(fd)
             return
 
-    def _owner(self, e: HostEntry) -> tuple[int, int]:
-        return (e[UID], e[GID]) if self.keep_owner else (os.geteuid(), os.getegid())
+    def _owner(self, st: tuple[int, ...]) -> tuple[int, int]:
+        return (st[UID], st[GID]) if self.keep_owner else (os.geteuid(), os.getegid())
 
     def _begin(self, t: Tree) -> None:
         view, _ = split_ino(self.dest_ino)
-        root = self.plan.entries[0]
+        *_, root = self.plan.entries[0]  # (its lstat fields)
         now = t.clock()
         if self.merge:
             a = Attr(stat.S_IFDIR | 0o700, *self._owner(root), nlink=2, atime_ns=now,
@@ -343,13 +336,13 @@ class HostImport:
         self.inos.append(a.ino)
         self.next = 1
 
-    def _attr(self, e: HostEntry, now: int) -> Attr:
-        mode = e[MODE]
+    def _attr(self, st: tuple[int, ...], now: int) -> Attr:
+        mode = st[MODE]
         nlink = 2 if stat.S_ISDIR(mode) else 1  # one more for each subdirectory or
         # hard link as it is written: every step leaves a consistent tree
-        return Attr(mode, *self._owner(e), nlink=nlink, atime_ns=e[ATIME], mtime_ns=e[MTIME],
-                    ctime_ns=now,
-                    rdev=0 if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else e[RDEV])
+        return Attr(mode, *self._owner(st), nlink=nlink, atime_ns=st[ATIME],
+                    mtime_ns=st[MTIME], ctime_ns=now,
+                    rdev=0 if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else st[RDEV])
 
     def _batch(self, t: Tree) -> None:
         view, _ = split_ino(self.staged)
@@ -362,16 +355,16 @@ class HostImport:
         n = 0
         while (self.partial is None and self.next < len(entries) and n < BATCH_INODES
                and budget > 0 and (n % 64 or time.monotonic() < deadline)):
-            e = entries[self.next]
-            parent = self.inos[e[PARENT]]
-            if e[FIRST] >= 0:  # one more entry of a host inode already written
-                a = t.attr(self.inos[e[FIRST]])
+            parent_index, name, path, first, st = entries[self.next]
+            parent = self.inos[parent_index]
+            if first >= 0:  # one more entry of a host inode already written
+                a = t.attr(self.inos[first])
                 a.nlink += 1
                 t.put_attr(a)
-                t.link_entry(parent, e[NAME], a, new=True)
+                t.link_entry(parent, name, a, new=True)
                 ino = a.ino
             else:
-                a = self._attr(e, now)
+                a = self._attr(st, now)
                 a.ino = ino = fuse_ino(view, t.tx.alloc_ino(view))
                 if a.is_dir:
                     t.set_parent(a, parent)
@@ -379,14 +372,14 @@ class HostImport:
                     d.nlink += 1
                     t.put_attr(d)
                 elif a.is_link:
-                    a.target = self._host(os.readlink, e[PATH])
+                    a.target = self._host(os.readlink, path)
                     a.size = len(a.target)
-                t.link_entry(parent, e[NAME], a, new=True)
-                self._copy_xattrs(t, e[PATH], ino)
+                t.link_entry(parent, name, a, new=True)
+                self._copy_xattrs(t, path, ino)
                 if a.is_reg:
-                    fd = self._host(os.open, e[PATH], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    fd = self._host(os.open, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                     self.opened.append(fd)
-                    self.partial = (fd, a, 0, e[SIZE])
+                    self.partial = (fd, a, 0, st[SIZE])
                     budget -= self._copy_data(t, budget)
                 else:
                     t.put_attr(a, new=True)
