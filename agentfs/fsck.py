@@ -27,7 +27,9 @@ Invariants checked:
   log files (transcripts) hold contiguous, decodable appends from 0 to their
   size and nothing else;
 - orphans of live views have nlink 0; in the root view every inode is
-  reachable or an orphan;
+  reachable (from the root or from a staged import's directory) or an orphan;
+- staged imports (`I`) of live views name directories, walked like the tree
+  (an import fills them in batches before one entry makes them visible);
 - entries that lead into another view lead to that view's root, and that view
   is alive and contained here;
 - the agent layer's records (agents/check.py): agents, their views, turns,
@@ -43,6 +45,7 @@ gc drops with the view; they need only name the view.
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agentfs.agents import events
@@ -75,15 +78,39 @@ class Report:
                 f"{self.records} records")
 
 
-def check_store(engine: Engine) -> Report:
+Progress = Callable[[int, int], None]
+"""progress(done, total): keys checked out of the store's keys, then the trees'
+inodes walked on top (the total grows by the inodes once the keys are done)."""
+
+PROGRESS_EVERY = 4096  # keys or inodes between two calls of `progress`
+
+
+def check_store(engine: Engine, progress: Progress | None = None) -> Report:
     r = Report()
     r.problems.extend(_meta_problems(engine))
     if r.problems:
         return r  # nothing else can be read without the epoch (and Store would format)
     store = Store(engine)
     with store.read() as tx:
-        _check(tx, r)
+        _check(tx, r, _Progress(progress, engine.entries() if progress else 0))
     return r
+
+
+@dataclass
+class _Progress:
+    report: Progress | None
+    total: int
+    done: int = 0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        if self.report is not None and self.done % PROGRESS_EVERY < n:
+            self.report(self.done, max(self.total, self.done))
+
+    def more(self, n: int) -> None:
+        self.total += n
+        if self.report is not None:
+            self.report(self.done, self.total)
 
 
 def _meta_problems(engine: Engine) -> list[str]:
@@ -112,15 +139,17 @@ class _Seen:
     now: int
     pins: dict[int, set[tuple[int, bytes]]] = field(default_factory=dict)
     orphans: dict[int, set[int]] = field(default_factory=dict)
+    staged: dict[int, set[int]] = field(default_factory=dict)
     contained: set[tuple[int, int]] = field(default_factory=set)
     last_record: bytes = b""
+    attrs: int = 0  # attribute records (versions): about what the tree walks will visit
 
     def live(self, vid: int) -> bool:
         v = self.views.get(vid)
         return v is not None and v.kind != "dead"
 
 
-def _check(tx: Tx, r: Report) -> None:
+def _check(tx: Tx, r: Report, progress: _Progress) -> None:
     views = _load_views(tx, r)
     r.views = len(views)
     if ROOT_VIEW not in views:
@@ -129,18 +158,25 @@ def _check(tx: Tx, r: Report) -> None:
     seen = _Seen(views, tx.store.epoch)
     for k, raw in tx.txn.scan(b""):
         _check_key(tx, r, seen, k, raw)
+        progress.step()
+    progress.more(seen.attrs)
     _check_views(tx, r, seen)
     _check_turn_holders(tx, r, seen)
     for vid, v in views.items():
         if v.kind == "dead":
             continue
         _check_orphans(tx, r, vid, seen.orphans.get(vid, set()))
+        staged = _check_staged(tx, r, vid, seen.staged.get(vid, set()))
         root = tx.get(vid, attr_suffix(v.root))
         if root is not None and Attr.decode(root).nlink == 0 and vid != ROOT_VIEW:
             continue  # a removed fork root the kernel has not forgotten yet
-        _check_tree(tx, r, vid, v, views, seen.orphans.get(vid, set()))
+        before = r.inodes
+        _check_tree(tx, r, vid, v, views, seen.orphans.get(vid, set()), staged)
+        progress.step(r.inodes - before)
     check_agents(tx, r.problems)
     r.problems.extend(events.check(tx.txn))
+    if progress.report is not None:
+        progress.report(progress.total, progress.total)
 
 
 def _load_views(tx: Tx, r: Report) -> dict[int, ViewDef]:
@@ -231,8 +267,15 @@ def _check_orphan_key(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> N
     seen.orphans.setdefault(vid, set()).add(local)
 
 
+def _check_staged_key(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
+    vid, local = keys.parse_staged(k)
+    seen.staged.setdefault(vid, set()).add(local)
+
+
 def _check_record(tx: Tx, r: Report, seen: _Seen, k: bytes, raw: bytes) -> None:
     r.records += 1
+    if keys.parse_record(k)[2] == KIND_ATTR:
+        seen.attrs += 1
     b = birth_of(k)
     if b > seen.now:
         r.problems.append(f"record {k.hex()} born at {b}, after now ({seen.now})")
@@ -274,6 +317,7 @@ _KEY_CHECKS = {
     keys.PIN.tag: _check_pin,
     keys.SNAPSHOT.tag: _check_snapshot,
     keys.ORPHAN.tag: _check_orphan_key,
+    keys.STAGED.tag: _check_staged_key,
     keys.RECORD.tag: _check_record,
     keys.CONTAINED.tag: _check_contained,
     keys.NESTED_COPY.tag: _check_nested_copy,
@@ -339,11 +383,26 @@ def _check_orphans(tx: Tx, r: Report, vid: int, orphans: set[int]) -> None:
                               f"{Attr.decode(raw).nlink}")
 
 
+def _check_staged(tx: Tx, r: Report, vid: int, staged: set[int]) -> list[int]:
+    """The staged imports of a live view that name directories (the others said)."""
+    roots = []
+    for local in sorted(staged):
+        raw = tx.get(vid, attr_suffix(local))
+        if raw is None:
+            r.problems.append(f"view {vid}: staged import {local} has no attributes")
+        elif not Attr.decode(raw).is_dir:
+            r.problems.append(f"view {vid}: staged import {local} is not a directory")
+        else:
+            roots.append(local)
+    return roots
+
+
 def _check_tree(tx: Tx, r: Report, vid: int, v: ViewDef, views: dict[int, ViewDef],
-                orphans: set[int]) -> None:
+                orphans: set[int], staged: list[int]) -> None:
     links: dict[int, int] = {}
     seen: set[int] = set()
-    stack: list[tuple[int, int | None]] = [(v.root, None)]
+    # A staged import's directory is a tree of its own until it is linked in.
+    stack: list[tuple[int, int | None]] = [(v.root, None), *((s, None) for s in staged)]
     while stack:
         local, parent = stack.pop()
         if local in seen:

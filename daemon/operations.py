@@ -60,6 +60,7 @@ def fuse_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any, **kwargs: Any) -> Any:
+        self.served += 1  # (a long import defers to requests that keep coming: imports.py)
         try:
             while True:
                 try:
@@ -116,6 +117,7 @@ class Operations(pyfuse3.Operations):
         self.lookups: dict[int, int] = {}
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
+        self.served = 0  # requests handled so far
         self.errors = ErrorLog()
         # The daemon passes invalidate_kernel_cache; without a mounted session
         # (tests calling handlers directly) there is no kernel cache to clear.
@@ -125,7 +127,7 @@ class Operations(pyfuse3.Operations):
         self.agentfiles = AgentFiles(fs, agents, self.errors, self.effects, self.rules)
         self.snapshots = Snapshots(fs, agents, self.effects)
         self.ctldir = ControlDir(fs, agents, self.errors, self.effects,
-                                 lambda: len(self.handles))
+                                 lambda: len(self.handles), lambda: self.served)
         self.tree = StoredTree(fs, self.rules, self.agentfiles,
                                [self.agentfiles, self.snapshots, self.ctldir], self.effects)
         self.namespaces: dict[Kind, Namespace] = {

@@ -11,6 +11,11 @@ Mount level (`MOUNT/.agentfs/ctl`):
                                 events, at most BYTES bytes of them
     gc                          reclaim versions no view can see
     sync                        make everything committed durable
+    import HOSTDIR DIR          copy host directory HOSTDIR (absolute) into DIR, in
+                                large transactions, visible only once whole
+                                (agentfs.posix.hostimport); the daemon runs it in
+                                the background and its ctl shows the progress
+    import-cancel ID            stop import ID; nothing of it is kept
 
 Agent level (`agents/NAME/ctl`):
 
@@ -20,8 +25,10 @@ One semantics, two doors: when SRC or DIR is an agent's directory, the mount
 level does exactly what the agent's ctl does (a full agent fork, removal of
 the agent), or refuses with a reason that names the right command. Paths are
 relative to the mount root (a leading '/' is ignored). Every command is one
-transaction: a failed command changes nothing. Failures raise `FsError` with
-the errno the write gets and a readable reason for `errstr`.
+transaction: a failed command changes nothing (`import` is checked at once,
+then runs as many transactions, of which nothing shows until the last).
+Failures raise `FsError` with the errno the write gets and a readable reason
+for `errstr`.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ import shlex
 from dataclasses import dataclass, field
 
 from agentfs.agents import events
-from agentfs.agents.model import STATUSES, Agent, Agents
+from agentfs.agents.model import AGENTS_DIR, STATUSES, Agent, Agents, Role
 from agentfs.errors import FsError
+from agentfs.posix.fs import ROOT_INO
+from agentfs.posix.hostimport import HostImport
 
 USAGE = {
     "fork": "fork SRC DST [EPOCH | at TURN]",
@@ -44,6 +53,8 @@ USAGE = {
     "keep-events": "keep-events EVENTS [BYTES]",
     "gc": "gc",
     "sync": "sync",
+    "import": "import HOSTDIR DIR",
+    "import-cancel": "import-cancel ID",
 }
 AGENT_USAGE = ("commands: fork NEW | fork NEW at TURN | snapshot NAME | "
                f"status {'|'.join(STATUSES)} | remove")
@@ -54,11 +65,15 @@ TURN_SNAPSHOT_PREFIX = "turn-"
 class Result:
     """What a command did: a line for the status file, the directory entries it
     changed behind the kernel's back (parent, name, removed inode or 0) so the
-    daemon can invalidate the kernel's caches, and whether gc has work."""
+    daemon can invalidate the kernel's caches, whether gc has work, and the
+    work a long command leaves to run in the background (checked, not begun)
+    or the one it asks to stop."""
 
     message: str
     changed: list[tuple[int, bytes, int]] = field(default_factory=list)
     gc_wanted: bool = False
+    job: HostImport | None = None
+    cancel_job: int = 0
 
 
 def _split_parent(path: str) -> tuple[str, bytes]:
@@ -125,6 +140,10 @@ def run_command(agents: Agents, line: str) -> Result:
                         _number(args[1], "BYTES") if len(args) > 1 else None)
         return Result(f"events: keeping the newest {h.keep_events} events, at most "
                       f"{h.keep_bytes} bytes", gc_wanted=True)
+    if cmd == "import":
+        return _import(agents, args[0], args[1])
+    if cmd == "import-cancel":
+        return Result(f"cancelling import {args[0]}", cancel_job=_number(args[0], "ID"))
     if cmd == "gc":
         from agentfs.storage.gc import collect
 
@@ -167,6 +186,24 @@ def _fork(agents: Agents, args: list[str]) -> Result:
     new = agents.fork(agent.name, name, turn)
     return Result(f"forked agent {agent.name} -> {new.name}" +
                   (f" at turn {turn}" if turn is not None else ""), [(pino, name, 0)])
+
+
+def _import(agents: Agents, host: str, dest: str) -> Result:
+    job = HostImport(agents.fs, host, dest)
+    job.check()
+    # Where an import may put entries: plain directories, not those with rules
+    # of their own (mkdir in agents/ spawns, a file in an inbox is a message).
+    try:
+        agents_dir = agents.fs.lookup(ROOT_INO, AGENTS_DIR).ino
+    except FsError:
+        agents_dir = 0
+    role = agents.role_of(job.dest_ino)
+    if (job.dest_ino == agents_dir or job.dest.strip("/") == AGENTS_DIR.decode()
+            or (role is not None and role[1] in (Role.ROOT, Role.INBOX))):
+        raise FsError(errno.EINVAL, f"cannot import into {dest}: agents/, an agent's "
+                      "directory and its inbox have rules of their own; import into an "
+                      "agent's workspace/ or notes/, or outside agents/")
+    return Result(f"import {host} -> {dest}: started", job=job)
 
 
 def _check_snapshot_name(agents: Agents, dir_ino: int, name: str) -> None:

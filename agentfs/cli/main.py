@@ -294,13 +294,15 @@ def gc(store: str | None, mountpoint: str | None, as_json: bool) -> None:
         else:
             click.echo(status)
         return
+    from agentfs.cli.progress import progress_bar
     from agentfs.posix.fs import FileSystem
     from agentfs.storage.gc import collect
 
     url = store_url(store)
     lock = _lock_unmounted(url.directory) if url.directory and url.directory.is_dir() else None
     fs = FileSystem(open_store(url))
-    stats = collect(fs.store, everything=True)
+    with progress_bar("gc", "views", plain=False) as bar:
+        stats = collect(fs.store, everything=True, progress=bar)
     fs.engine.close()
     if lock is not None:
         os.close(lock)
@@ -358,10 +360,12 @@ def _lock_unmounted(store: Path) -> int:
 @json_option("{clean, problems, summary}")
 def fsck(store: str | None, as_json: bool) -> None:
     """Check every invariant of the store; exit 0 only when clean."""
+    from agentfs.cli.progress import progress_bar
     from agentfs.fsck import check_store
 
     engine = open_store(store_url(store))
-    report = check_store(engine)
+    with progress_bar("fsck", "keys+inodes", plain=False) as bar:
+        report = check_store(engine, progress=bar)
     engine.close()
     if as_json:
         echo_json({"clean": not report.problems, "problems": report.problems,
@@ -662,8 +666,23 @@ def export(mount_opt: str | None) -> None:
     turns, status (and "inferred": true where the mount does not expose lineage)."""
     import json
 
-    for r in lineage_records(mount_opt):
-        click.echo(json.dumps(r, ensure_ascii=False, sort_keys=True))
+    from agentfs.cli.progress import progress_bar
+
+    records = lineage_records(mount_opt)
+    with progress_bar("export", "records", plain=False) as bar:
+        for i, r in enumerate(records, 1):
+            click.echo(json.dumps(r, ensure_ascii=False, sort_keys=True))
+            bar(i, len(records))
+
+
+def _register_commands() -> None:
+    """Commands kept in modules of their own."""
+    from agentfs.cli.importer import import_command
+
+    main.add_command(import_command)
+
+
+_register_commands()
 
 
 main.add_command(events_command)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from agentfs.errors import FsError
 from agentfs.posix.inodes import ROOT_INO, SNAPDIR, Inodes, check_name
 from agentfs.storage import keys
-from agentfs.storage.codec import ROOT_VIEW, Attr, fuse_ino, split_ino
+from agentfs.storage.codec import ROOT_VIEW, Attr, decode_dentry, fuse_ino, split_ino
 from agentfs.storage.keys import attr_suffix
 
 
@@ -23,12 +24,83 @@ class Tree(Inodes):
     """Everything the POSIX model does, inside transaction `tx`."""
 
     def free_orphans(self) -> int:
-        """Free every orphan (at mount: nothing is open any more)."""
+        """Free every orphan (at mount: nothing is open any more), and the
+        staged tree of every import the daemon did not finish."""
         n = 0
         for k, _ in list(self.tx.txn.scan(*keys.ORPHAN.span())):
             self.free(*keys.parse_orphan(k))
             n += 1
+        for k, _ in list(self.tx.txn.scan(*keys.STAGED.span())):
+            self.free_staged(*keys.parse_staged(k))
+            n += 1
         return n
+
+    # ------------------------------------------------------------ staged trees
+
+    def stage(self, a: Attr) -> None:
+        """Write directory `a` (its inode number allocated, its parent set) as
+        the root of a staged tree: no entry leads to it until `unstage`, so
+        nothing put under it is visible, and it is freed at the next mount if
+        it is never linked in (an import the daemon did not finish)."""
+        assert a.is_dir
+        self.put_attr(a)
+        self.tx.txn.put(keys.staged(*split_ino(a.ino)), b"")
+
+    def unstage(self, ino: int) -> None:
+        """The staged tree at `ino` is linked in (or gone): an ordinary tree again."""
+        self.tx.txn.delete(keys.staged(*split_ino(ino)))
+
+    def staged_roots(self, view: int) -> list[int]:
+        """Local inode numbers of the staged trees of `view`."""
+        return [keys.parse_staged(k)[1]
+                for k, _ in self.tx.txn.scan(*keys.span(keys.STAGED.of_view(view)))]
+
+    def free_staged(self, view: int, local: int, budget: int = 0) -> bool:
+        """Free the staged tree rooted at directory `local`: up to `budget`
+        inodes (0: all of it); True once nothing of it is left. Each inode goes
+        with its entry (and its parent's link count), so what is left after
+        any step is a consistent tree."""
+        if not self.tx.view_exists(view) or self.tx.view(view).kind == "dead":
+            self.tx.txn.delete(keys.staged(view, local))  # gc drops the view's records
+            return True
+        freed = 0
+        stack: list[tuple[int, int, bytes]] = [(local, 0, b"")]  # (dir, its parent, its name)
+        while stack:
+            d, parent, name = stack[-1]
+            dir_ino = fuse_ino(view, d)
+            subdirs = []
+            for sub, raw in list(self.tx.scan(view, keys.dentry_dir_suffix(d))):
+                child_name = keys.parse_dentry_tail(sub)[1]
+                _, child, ftype = decode_dentry(raw)
+                if stat.S_ISDIR(ftype):
+                    subdirs.append((child, d, child_name))
+                    continue
+                if budget and freed >= budget:
+                    return False
+                self.unlink_entry(dir_ino, child_name)
+                a = self.attr(fuse_ino(view, child))
+                a.nlink -= 1
+                if a.nlink:
+                    self.put_attr(a)  # a hard link: its last entry frees it
+                else:
+                    self.free(view, child)
+                freed += 1
+            if subdirs:
+                stack.extend(subdirs)
+                continue
+            if budget and freed >= budget:
+                return False
+            stack.pop()
+            self.free(view, d)
+            freed += 1
+            if not parent:
+                self.unstage(dir_ino)
+                return True
+            self.unlink_entry(fuse_ino(view, parent), name)
+            p = self.attr(fuse_ino(view, parent))
+            p.nlink -= 1
+            self.put_attr(p)
+        return True
 
     def forget(self, ino: int) -> None:
         """The kernel holds no more references: free the inode if it is unlinked."""

@@ -120,9 +120,10 @@ class Inodes:
             raise FsError(errno.ENOENT, f"inode {ino} does not exist")
         return Attr.decode(raw, ino)
 
-    def put_attr(self, a: Attr) -> None:
+    def put_attr(self, a: Attr, new: bool = False) -> None:
+        """Save `a` (`new`: the inode's first save, see Tx.put_new)."""
         view, local = split_ino(a.ino)
-        self.tx.put(view, attr_suffix(local), a.encode())
+        (self.tx.put_new if new else self.tx.put)(view, attr_suffix(local), a.encode())
 
     def dir(self, ino: int) -> Attr:
         a = self.attr(ino)
@@ -207,11 +208,14 @@ class Inodes:
         """The inode number of directory `a`'s parent (the root is its own)."""
         return ROOT_INO if a.ino == ROOT_INO else Inodes.parent_ino(a)
 
-    def link_entry(self, dir_ino: int, name: bytes, child: Attr) -> None:
+    def link_entry(self, dir_ino: int, name: bytes, child: Attr, new: bool = False) -> None:
+        """Entry `name` in `dir_ino` leads to `child` (`new`: a directory made in
+        this transaction, or one only it filled, never had it: see Tx.put_new)."""
         dview, dlocal = split_ino(dir_ino)
         cview, clocal = split_ino(child.ino)
-        self.tx.put(dview, dentry_suffix(dlocal, name),
-               encode_dentry(0 if cview == dview else cview, clocal, child.mode))
+        (self.tx.put_new if new else self.tx.put)(
+            dview, dentry_suffix(dlocal, name),
+            encode_dentry(0 if cview == dview else cview, clocal, child.mode))
 
     def unlink_entry(self, dir_ino: int, name: bytes) -> None:
         dview, dlocal = split_ino(dir_ino)
@@ -590,8 +594,11 @@ class Inodes:
         a.mtime_ns = a.ctime_ns = now
         self.put_attr(a)
 
-    def write_blocks(self, a: Attr, offset: int, data: bytes) -> None:
+    def write_blocks(self, a: Attr, offset: int, data: bytes, new: bool = False) -> None:
+        """Write `data` at `offset` into the blocks of file `a` (`new`: blocks only
+        this transaction, or none, wrote before, see Tx.put_new)."""
         view, local = split_ino(a.ino)
+        put = self.tx.put_new if new else self.tx.put
         pos, end = offset, offset + len(data)
         mv = memoryview(data)
         while pos < end:
@@ -601,15 +608,15 @@ class Inodes:
             key = block_suffix(local, bno)
             old = self.tx.get(view, key) if bno * BLOCK_SIZE < a.size else None
             if boff == 0 and (n == BLOCK_SIZE or pos + n >= a.size):
-                new = bytes(piece)  # covers everything this block holds: no merge
+                block = bytes(piece)  # covers everything this block holds: no merge
             else:
                 buf = bytearray(old or b"")
                 if len(buf) < boff:
                     buf += bytes(boff - len(buf))
                 buf[boff:boff + n] = piece
-                new = bytes(buf)
-            self.tx.put(view, key, new)
-            a.stored += len(new) - (len(old) if old else 0)
+                block = bytes(buf)
+            put(view, key, block)
+            a.stored += len(block) - (len(old) if old else 0)
             pos += n
 
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
@@ -627,9 +634,16 @@ class Inodes:
             raise FsError(errno.EEXIST, "attribute exists")
         if flags & XATTR_REPLACE and not exists:
             raise FsError(errno.ENODATA, "no such attribute")
-        self.tx.put(view, xattr_suffix(local, name), b"\x01" + value)
+        self.put_xattr(ino, name, value)
         a.ctime_ns = self.clock()
         self.put_attr(a)
+
+    def put_xattr(self, ino: int, name: bytes, value: bytes, new: bool = False) -> None:
+        """Store attribute `name` of `ino` (checked by the caller; attributes
+        untouched; `new`: a new inode's, see Tx.put_new)."""
+        view, local = split_ino(ino)
+        (self.tx.put_new if new else self.tx.put)(view, xattr_suffix(local, name),
+                                                  b"\x01" + value)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         self.check_rw(ino)

@@ -16,7 +16,7 @@ few lines each, so a window over lowered limits is cut down here).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from agentfs.storage import eventlog, keys
 from agentfs.storage.codec import TOMBSTONE
@@ -28,10 +28,16 @@ BATCH = 2000  # records examined per transaction
 MAX_PASSES = 64
 
 
-def collect(store: Store, everything: bool = False) -> dict[str, int]:
+Progress = Callable[[int, int], None]
+"""progress(views done, views to do so far): a UI's hook (the total grows when
+dropping a view queues those it read through to)."""
+
+
+def collect(store: Store, everything: bool = False, progress: Progress | None = None
+            ) -> dict[str, int]:
     """Run until the queue is empty (or, with `everything`, over every view)."""
     stats = {"views": 0, "versions": 0, "dropped_views": 0}
-    for _ in collect_steps(store, everything, stats):
+    for _ in collect_steps(store, everything, stats, progress):
         pass
     return stats
 
@@ -42,10 +48,12 @@ def queued(tx: Tx) -> bool:
 
 
 def collect_steps(store: Store, everything: bool = False,
-                  stats: dict[str, int] | None = None) -> Iterator[None]:
+                  stats: dict[str, int] | None = None, progress: Progress | None = None
+                  ) -> Iterator[None]:
     """Generator form: each step is one committed transaction."""
     stats = stats if stats is not None else {"views": 0, "versions": 0, "dropped_views": 0}
     yield from _trim_events(store)
+    total = 0
     # Dropping a view releases its pins and queues the views it pinned, which
     # may then go too: go on until the queue stays empty (a chain of nested
     # copies is as deep as the forks were nested; MAX_PASSES bounds a surprise).
@@ -55,6 +63,7 @@ def collect_steps(store: Store, everything: bool = False,
             queue = [keys.parse_view_id(k) for k, _ in tx.txn.scan(*listed.span())]
         if not queue:
             return
+        total += len(queue)
         for vid in queue:
             stats["views"] += 1
             resume: bytes | None = b""
@@ -64,6 +73,8 @@ def collect_steps(store: Store, everything: bool = False,
                     if resume is None:
                         tx.txn.delete(keys.gc_queue(vid))
                 yield
+            if progress is not None:
+                progress(stats["views"], total)
 
 
 def _trim_events(store: Store) -> Iterator[None]:

@@ -12,6 +12,8 @@ All keys:
     P<view:4><epoch:8><holder>               a pin: `holder` needs `view` as it was at `epoch`
     S<view:4><dir:8><name>                   snapshot NAME of directory `dir` -> u32 snapshot view
     O<view:4><ino:8>                         an orphan: nlink 0, still open
+    I<view:4><ino:8>                         a staged import: directory `ino` is being filled
+                                             by `import` and no entry leads to it yet
     R<view:4><ino:8><kind:1><sub><~epoch:8>  a versioned record of inode `ino`
     G<view:4>                                gc queue: versions of `view` may have become garbage
     C<view:4><inner:4>                       view `inner` is nested in (contained by) `view`
@@ -129,6 +131,9 @@ SNAPSHOT = Prefix(b"S", "snapshot", "S<view:4><dir:8><name>", _FS, "view",
                   "snapshot NAME of directory `dir` -> u32 snapshot view")
 ORPHAN = Prefix(b"O", "orphan", "O<view:4><ino:8>", _FS, "view",
                 "an inode with nlink 0 that is still open")
+STAGED = Prefix(b"I", "staged import", "I<view:4><ino:8>", _FS, "view",
+                "directory `ino` is being filled by an import and no entry leads to it "
+                "yet; freed with its tree at mount if the import never finished")
 RECORD = Prefix(b"R", "record", "R<view:4><ino:8><kind:1><sub><~epoch:8>", _VIEWS, "view",
                 "a versioned record of an inode")
 GC_QUEUE = Prefix(b"G", "gc queue", "G<view:4>", "agentfs.storage.gc", "view",
@@ -153,8 +158,8 @@ EVENT_HEAD = Prefix(b"N", "event stream", "N", _EVENTS, "global",
                     "-> [FORMAT, next_seq, next_offset, first_seq, retained_bytes, keep_events, "
                     "keep_bytes]")
 
-TABLE: tuple[Prefix, ...] = (META, VIEW, PIN, SNAPSHOT, ORPHAN, RECORD, GC_QUEUE, CONTAINED,
-                             NESTED_COPY, AGENT, AGENT_OF_VIEW, TURN, INBOX_SEQ, HISTORY,
+TABLE: tuple[Prefix, ...] = (META, VIEW, PIN, SNAPSHOT, ORPHAN, STAGED, RECORD, GC_QUEUE,
+                             CONTAINED, NESTED_COPY, AGENT, AGENT_OF_VIEW, TURN, INBOX_SEQ, HISTORY,
                              EVENT, EVENT_HEAD)
 VIEW_SCOPED: tuple[Prefix, ...] = tuple(p for p in TABLE if p.scope == "view")
 _BY_TAG = {p.tag: p for p in TABLE}
@@ -260,6 +265,15 @@ def orphan(view: int, local: int) -> bytes:
 
 def parse_orphan(key: bytes) -> tuple[int, int]:
     """(view, local inode) of an orphan key."""
+    return read_u32(key, 1), read_u64(key, 5)
+
+
+def staged(view: int, local: int) -> bytes:
+    return STAGED.of_view(view) + u64(local)
+
+
+def parse_staged(key: bytes) -> tuple[int, int]:
+    """(view, local inode of the staged directory) of a staged-import key."""
     return read_u32(key, 1), read_u64(key, 5)
 
 

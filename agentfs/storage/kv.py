@@ -54,6 +54,9 @@ class Engine(Protocol):
     def usage(self) -> tuple[int, int]:
         """(bytes used by live pages, bytes the store may grow to; 0: the disk's free space)."""
         ...
+    def entries(self) -> int:
+        """How many keys the store holds (what a full scan will go through)."""
+        ...
 
 
 class TxnContext(Protocol):
@@ -183,6 +186,9 @@ class MemoryEngine:
 
     def usage(self) -> tuple[int, int]:
         return self.used, self.limit or (1 << 40)
+
+    def entries(self) -> int:
+        return len(self.keys)
 
     def grow(self) -> bool:
         return False
@@ -333,3 +339,7 @@ class LmdbEngine:
         stat = self.env.stat()
         used = (info["last_pgno"] + 1) * stat["psize"]
         return used, self.max_map_size or 0
+
+    def entries(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self.db)["entries"])

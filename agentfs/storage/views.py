@@ -272,6 +272,14 @@ class Tx:
                 self.txn.delete(newest[0])
         self.txn.put(base + inv(now), value)
 
+    def put_new(self, vid: int, suffix: bytes, value: bytes) -> None:
+        """`put` for a record with no version anywhere yet (a record of an inode
+        allocated in this transaction, or of one only this transaction wrote):
+        no older version to look for. A bulk import's shortcut."""
+        self._check_writable(vid)
+        self._note_write(vid, suffix)
+        self.txn.put(keys.record_version(vid, suffix, self.store.epoch), value)
+
     def remove(self, vid: int, suffix: bytes) -> None:
         """Delete a record as seen from `vid` (a tombstone where something older shows)."""
         self._check_writable(vid)

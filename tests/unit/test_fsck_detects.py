@@ -272,7 +272,8 @@ def test_every_key_kind_is_damaged_by_some_test() -> None:
                    "agent of view": "keys.agent_of_view(", "turn": "keys.turn(",
                    "inbox sequence": "keys.inbox_seq(", "history": "keys.history(",
                    "pin": "keys.pin(", "snapshot": "keys.snapshot(", "orphan": "keys.orphan(",
-                   "event": "keys.event(", "event stream": "keys.event_head("}
+                   "event": "keys.event(", "event stream": "keys.event_head(",
+                   "staged import": "keys.staged("}
         assert builder[p.name] in source, f"no damage test builds a {p.name} key"
 
 

@@ -22,6 +22,7 @@ from fsutil import mkdir, mkfile
 from agentfs.agents.inbox import deliver_message, stage_message
 from agentfs.agents.model import Agents, Role
 from agentfs.posix.fs import ROOT_INO, FileSystem
+from agentfs.posix.hostimport import HostImport
 from agentfs.storage import keys
 from agentfs.storage.codec import split_ino
 from agentfs.storage.gc import collect
@@ -213,10 +214,11 @@ def send(agents: Agents, name: str, msg: bytes, nonce: int) -> None:
     deliver_message(agents, a, b".in-%d-" % nonce + msg, "tester")
 
 
-def workload(fs: FileSystem) -> tuple[Agents, int]:
+def workload(fs: FileSystem, host: Path) -> tuple[Agents, int]:
     """Something of every kind: files, links, xattrs, forks nested in forks,
-    snapshots, an orphan, agents with turns, forks at a turn and messages, a
-    removal and a gc. Returns the agents and the view of the removed agent."""
+    snapshots, an orphan, agents with turns, forks at a turn and messages,
+    imports stopped halfway (of host directory `host`), a removal and a gc.
+    Returns the agents and the view of the removed agent."""
     d = mkdir(fs, ROOT_INO, b"d")
     f = mkfile(fs, d.ino, b"f", b"data" * 3000)
     fs.setxattr(f.ino, b"user.k", b"v")
@@ -239,6 +241,10 @@ def workload(fs: FileSystem) -> tuple[Agents, int]:
         send(agents, "bob", b"m%d" % n, n)
     agents.spawn(b"dave")
     send(agents, "dave", b"bye", 9)
+    (host / "sub").mkdir(parents=True, exist_ok=True)
+    (host / "sub" / "f").write_text("imported")
+    half_import(fs, host, "d/importing")
+    half_import(fs, host, "agents/dave/workspace")  # goes with dave's view
     removed = agents.get("dave").view
     agents.remove("dave")
     collect(fs.store)
@@ -247,13 +253,23 @@ def workload(fs: FileSystem) -> tuple[Agents, int]:
     return agents, removed
 
 
+def half_import(fs: FileSystem, host: Path, dest: str) -> None:
+    """An import stopped after its first batch: a staged tree."""
+    imp = HostImport(fs, str(host), dest)
+    imp.check()
+    imp.scan()
+    steps = imp.steps()
+    next(steps)
+    next(steps)
+
+
 def stored_keys(fs: FileSystem) -> list[bytes]:
     with fs.store.read() as tx:
         return [k for k, _ in tx.txn.scan(b"")]
 
 
-def test_a_workload_stores_only_keys_of_the_table(fs: FileSystem) -> None:
-    workload(fs)
+def test_a_workload_stores_only_keys_of_the_table(fs: FileSystem, tmp_path: Path) -> None:
+    workload(fs, tmp_path)
     other = mkfile(fs, ROOT_INO, b"still-open", b"z")
     fs.unlink(ROOT_INO, b"still-open")
     present = {k[:1] for k in stored_keys(fs)}
@@ -263,8 +279,8 @@ def test_a_workload_stores_only_keys_of_the_table(fs: FileSystem) -> None:
     fs.forget(other.ino)
 
 
-def test_gc_leaves_no_key_of_a_dropped_view(fs: FileSystem) -> None:
-    agents, removed = workload(fs)
+def test_gc_leaves_no_key_of_a_dropped_view(fs: FileSystem, tmp_path: Path) -> None:
+    agents, removed = workload(fs, tmp_path)
     with fs.store.read() as tx:
         assert not tx.view_exists(removed), "the removed agent's view was dropped"
     left = [k for k in stored_keys(fs)
