@@ -3,6 +3,16 @@
 File operations on the mount only; never the daemon, FUSE or trio.
 """
 
-from .agents import LINEAGE_FILE, Agent, AgentfsError, Message, Mount, tree_order
+from .agents import (
+    LINEAGE_FILE,
+    Agent,
+    AgentfsError,
+    Message,
+    Mount,
+    dead_mount,
+    dead_mount_reason,
+    tree_order,
+)
 
-__all__ = ["LINEAGE_FILE", "Agent", "AgentfsError", "Message", "Mount", "tree_order"]
+__all__ = ["LINEAGE_FILE", "Agent", "AgentfsError", "Message", "Mount", "dead_mount",
+           "dead_mount_reason", "tree_order"]

@@ -42,7 +42,8 @@ from typing import Any
 
 from .events import Dropped, read_events
 
-__all__ = ["AgentfsError", "Mount", "Agent", "Message", "LINEAGE_FILE", "tree_order"]
+__all__ = ["AgentfsError", "Mount", "Agent", "Message", "LINEAGE_FILE", "tree_order",
+           "dead_mount", "dead_mount_reason"]
 
 AGENTS = "agents"
 CTL = (".agentfs", "ctl")
@@ -73,6 +74,38 @@ class AgentfsError(OSError):
 
     def __str__(self) -> str:
         return f"{self.reason} ({errno.errorcode.get(self.errno or 0, self.errno)})"
+
+
+def _not_connected(path: Path) -> bool:
+    try:
+        os.statvfs(path)  # never answered from the kernel's attribute cache
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def dead_mount(path: str | os.PathLike[str]) -> Path | None:
+    """The root of the dead FUSE mount `path` lies in, or None. A daemon that
+    died (SIGKILL, a crash) leaves its mount behind: the kernel answers every
+    access in it with ENOTCONN until it is detached."""
+    p = Path(os.path.abspath(path))
+    if not _not_connected(p):
+        return None
+    while p.parent != p and _not_connected(p.parent):
+        p = p.parent
+    return p
+
+
+def dead_mount_reason(root: str | os.PathLike[str]) -> str:
+    """What to tell someone who met the dead mount `root`: what it is and the fix."""
+    return (f"{root} is a dead agentfs mount: its daemon is gone ({os.strerror(errno.ENOTCONN)}); "
+            f"clear it with `agentfs umount {root}` (or `fusermount3 -u -z {root}`), then "
+            f"mount it again (`agentfs mount` clears it itself)")
+
+
+def _dead_mount_error(path: Path) -> AgentfsError:
+    root = dead_mount(path) or path
+    return AgentfsError(errno.ENOTCONN, dead_mount_reason(root), str(root))
 
 
 def _strip_stamp(line: str) -> str:
@@ -148,7 +181,13 @@ class Mount:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(os.path.abspath(path))
-        if not self.path.joinpath(*CTL).exists():
+        try:
+            has_ctl = self.path.joinpath(*CTL).exists()
+        except OSError as e:
+            if e.errno == errno.ENOTCONN:
+                raise _dead_mount_error(self.path) from e
+            raise
+        if not has_ctl:
             raise AgentfsError(errno.ENOENT, f"{self.path} is not an agentfs mount "
                                "(no .agentfs/ctl)", str(self.path))
 
@@ -176,7 +215,9 @@ class Mount:
             try:
                 if cand.joinpath(*CTL).exists():
                     return cls(cand)
-            except OSError:
+            except OSError as e:
+                if e.errno == errno.ENOTCONN:
+                    raise _dead_mount_error(cand) from e
                 continue
         if path is None:
             raise AgentfsError(errno.ENOENT, f"{start} is not inside an agentfs mount and "
@@ -207,6 +248,8 @@ class Mount:
             raise
         except OSError as e:
             code = e.errno or errno.EIO
+            if code == errno.ENOTCONN:
+                raise _dead_mount_error(self.path) from e
             after = self.errstr()
             reason = after if after and after != before else fallback(code)
             where = path or e.filename

@@ -135,9 +135,12 @@ CLI
 ---
 `python -m agentfs.client.fake_messages_api [--port N] [--script FILE.jsonl]`
 prints `http://127.0.0.1:PORT` as its first line and serves until killed.
-Each script line is one spec in the JSON form of `spec_from_json`; when the
-script is exhausted (or without one) every request gets the end_turn text
-"done".
+Each script line is one spec in the JSON form of `spec_from_json` (blank
+lines and lines starting with `#` are skipped); a line with `"for": TEXT`
+answers only requests whose first message (an agent's prompt) contains TEXT
+(see `script_file`), so that agents running at once each follow their own
+lines. When the lines for a request are exhausted (or without a script)
+it gets the end_turn text "done".
 """
 
 from __future__ import annotations
@@ -182,7 +185,9 @@ __all__ = [
     "spec_from_json",
     "by_system",
     "system_text",
+    "first_user_text",
     "last_user_text",
+    "script_file",
     "tool_results",
     "canonical_json",
     "estimate_tokens",
@@ -790,9 +795,8 @@ class Script:
 
     @classmethod
     def from_jsonl(cls, path: str | Path, *, when_done: SpecLike | None = None) -> Script:
-        lines = Path(path).read_text().splitlines()
-        specs = [json.loads(line) for line in lines if line.strip() and not line.startswith("#")]
-        return cls(specs, when_done=when_done)
+        return cls(_jsonl_specs(path), when_done=when_done)
+
 
     @property
     def remaining(self) -> int:
@@ -809,9 +813,51 @@ class Script:
         return self._when_done
 
 
+def _jsonl_specs(path: str | Path) -> list[Any]:
+    lines = Path(path).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def script_file(path: str | Path, *, when_done: SpecLike | None = None) -> Responder:
+    """The responder of a JSONL script file (the CLI's --script): one spec per
+    line, replayed in order. A line with a `"for": TEXT` key is kept for the
+    requests whose first message (an agent's prompt) contains TEXT, in the
+    order of those lines: several agents running at once each get their own
+    replies. Lines without it answer every other request."""
+    routed: dict[str, list[Any]] = {}
+    rest: list[Any] = []
+    for spec in _jsonl_specs(path):
+        if isinstance(spec, dict) and "for" in spec:
+            routed.setdefault(str(spec["for"]), []).append(
+                {k: v for k, v in spec.items() if k != "for"})
+        else:
+            rest.append(spec)
+    scripts = {key: Script(specs, when_done=when_done) for key, specs in routed.items()}
+    default = Script(rest, when_done=when_done)
+
+    def respond(body: JSON) -> SpecLike:
+        prompt = first_user_text(body)
+        for key, script in scripts.items():
+            if key in prompt:
+                return script(body)
+        return default(body)
+
+    return respond
+
+
+
 def system_text(body: Mapping[str, Any]) -> str:
     """The system prompt as one string (text blocks joined by newlines)."""
     return "\n".join(b.get("text", "") for b in _content_blocks(body.get("system")))
+
+
+def first_user_text(body: Mapping[str, Any]) -> str:
+    """The text blocks of the first message (an agentfs agent's prompt), joined."""
+    messages = body.get("messages") or []
+    if not messages:
+        return ""
+    blocks = _content_blocks(messages[0].get("content"))
+    return "\n".join(b.get("text", "") for b in blocks if b.get("type") == "text")
 
 
 def last_user_text(body: Mapping[str, Any]) -> str:
@@ -1292,7 +1338,7 @@ def main(argv: list[str] | None = None) -> int:
 
     done = text("done")
     responder: Responder = (
-        Script.from_jsonl(args.script, when_done=done) if args.script else (lambda body: done)
+        script_file(args.script, when_done=done) if args.script else (lambda body: done)
     )
     api = FakeMessagesAPI(
         responder,

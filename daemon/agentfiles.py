@@ -199,7 +199,7 @@ class AgentFiles(Namespace):
         return None
 
     def names_in(self, dir_ino: int) -> list[tuple[bytes, Entry]]:
-        """AGENTS.md at the root (once agents/ exists), an agent's generated files."""
+        """AGENTS.md at the root (while agents/ exists), an agent's generated files."""
         if dir_ino == ROOT_INO:
             return [(GUIDE_NAME, virtual(self._attr(GUIDE_INO, 0)))] \
                 if self.rules.agents_dir() is not None else []
@@ -400,6 +400,9 @@ class AgentRules:
         self.mountpoint = os.path.realpath(mountpoint) if mountpoint else ""
         # pid -> (agent view, process start time): recursive removers refused there.
         self.removers: dict[int, tuple[int, int]] = {}
+        # A mount shows `agents/` and `AGENTS.md` from the start (a store made
+        # before this gets its `agents/` now), so that `ls` teaches the layout.
+        self.agents.dir_ino()
         self.agents.adopt_old_records()
         self.dropped_at_start = inbox.drop_staged(self.agents)
 
@@ -410,7 +413,7 @@ class AgentRules:
         return self.agents.role_of(ino)
 
     def agents_dir(self) -> int | None:
-        """The inode of `MOUNT/agents` (made by the first mkdir of it, or spawn)."""
+        """The inode of `MOUNT/agents` (made at mount; None after `rmdir agents`)."""
         try:
             return self.fs.lookup(ROOT_INO, AGENTS_DIR).ino
         except FsError:

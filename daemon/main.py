@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyfuse3
@@ -16,7 +17,7 @@ import trio
 
 from agentfs.posix.fs import FileSystem
 from agentfs.storage import lock as storelock
-from agentfs.storage.engines import open_engine
+from agentfs.storage.engines import NotAStore, StoreURL, check_store_directory, open_engine
 from agentfs.storage.gc import collect_steps, queued
 
 from .operations import Operations, invalidate_kernel_cache
@@ -39,10 +40,10 @@ def check_mountpoint(path: str) -> None:
         raise MountError(f"mountpoint {path} does not exist (mkdir -p {path})")
     if is_mountpoint(path):
         try:
-            os.stat(path)
+            os.statvfs(path)  # never answered from the kernel's attribute cache
         except OSError as e:
             raise MountError(f"{path} is a dead mount ({e.strerror}); clear it with "
-                             f"fusermount3 -u -z {path}")
+                             f"agentfs umount {path} (or fusermount3 -u -z {path})")
     if not os.path.isdir(path):
         raise MountError(f"mountpoint {path} is not a directory")
     if is_mountpoint(path):
@@ -74,12 +75,19 @@ def sd_notify(state: str) -> None:
         s.sendto(state.encode(), addr)
 
 
-def mount_options(fsname: str) -> set[str]:
+def mount_options(fsname: str, extra: Iterable[str] = (), debug: bool = False) -> set[str]:
+    """The FUSE options of a mount: ours, then the user's `extra` ones (checked
+    by the CLI: ro, nosuid, fsname=..., allow_root, ...)."""
     opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    opts |= {f"fsname={fsname}", "subtype=agentfs"}
-    if os.getuid() == 0 or _user_allow_other():
+    opts |= {"subtype=agentfs"}
+    extra = set(extra)
+    if not any(o.startswith("fsname=") for o in extra):
+        opts.add(f"fsname={fsname}")
+    if "allow_root" not in extra and (os.getuid() == 0 or _user_allow_other()):
         opts.add("allow_other")
-    return opts
+    if debug:
+        opts.add("debug")  # libfuse logs every request
+    return opts | extra
 
 
 def _user_allow_other() -> bool:
@@ -126,9 +134,13 @@ async def _collect_garbage(ops: Operations) -> None:
 
 
 def run_mount(mountpoint: str, store: Path, ready: callable | None = None,  # type: ignore[valid-type]
-              debug: bool = False) -> None:
+              debug: bool = False, fuse_options: Iterable[str] = ()) -> None:
     """Mount and serve until unmounted or signalled. Raises MountError."""
     check_mountpoint(mountpoint)
+    try:
+        check_store_directory(StoreURL("lmdb", str(store)))
+    except NotAStore as e:
+        raise MountError(str(e))
     lock_fd = lock_store(store, mountpoint)
     engine = open_engine(f"lmdb:{store}")
     try:
@@ -140,7 +152,7 @@ def run_mount(mountpoint: str, store: Path, ready: callable | None = None,  # ty
         with fs.store.read() as tx:
             ops.gc_wanted = queued(tx)
         try:
-            pyfuse3.init(ops, mountpoint, mount_options(f"agentfs:{store}"))
+            pyfuse3.init(ops, mountpoint, mount_options(f"agentfs:{store}", fuse_options, debug))
         except RuntimeError as e:
             raise MountError(f"cannot mount {mountpoint}: {e}")
         ok = False
@@ -156,7 +168,8 @@ def run_mount(mountpoint: str, store: Path, ready: callable | None = None,  # ty
         os.close(lock_fd)
 
 
-def daemonize_and_mount(mountpoint: str, store: Path, debug: bool = False) -> int:
+def daemonize_and_mount(mountpoint: str, store: Path, debug: bool = False,
+                        fuse_options: Iterable[str] = ()) -> int:
     """Fork, mount in the child, and return once the mount is live (or failed)."""
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -186,7 +199,7 @@ def daemonize_and_mount(mountpoint: str, store: Path, debug: bool = False) -> in
 
     code = 0
     try:
-        run_mount(mountpoint, store, ready, debug)
+        run_mount(mountpoint, store, ready, debug, fuse_options)
     except MountError as e:
         with contextlib.suppress(OSError):
             os.write(wfd, f"agentfs: {e}\n".encode())

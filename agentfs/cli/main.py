@@ -18,6 +18,7 @@ import click
 from agentfs.cli.completion import agent_names, agent_or_path
 from agentfs.cli.events import events as events_command
 from agentfs.cli.graph import FORMATS as TREE_FORMATS
+from agentfs.cli.mounting import ExistingDir, refuse_dead
 
 
 def default_store() -> Path:
@@ -33,6 +34,7 @@ def is_mountpoint(path: str) -> bool:
 
 def find_mount(path: str) -> Path:
     """The agentfs mount root that `path` (existing or not) lies in."""
+    refuse_dead(path)
     p = Path(os.path.abspath(path))
     for cand in (p, *p.parents):
         if cand.exists() and is_mountpoint(str(cand)) and (cand / ".agentfs" / "ctl").exists():
@@ -72,33 +74,69 @@ def main() -> None:
 @click.option("--foreground/--background", default=False,
               help="stay attached (systemd, tests) or return once mounted")
 @click.option("--debug", is_flag=True, help="log every request")
-def mount(mountpoint: str, store: str | None, foreground: bool, debug: bool) -> None:
+@click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
+              help="mount options: store=URL, debug, ro, allow_root, fsname=NAME, nosuid, "
+                   "noatime, ... (see fuse(8)); fstab's noauto, nofail, _netdev, x-* are "
+                   "ignored")
+def mount(mountpoint: str, store: str | None, foreground: bool, debug: bool,
+          options: tuple[str, ...]) -> None:
     """Mount the store on MOUNTPOINT."""
     import logging
 
-    from agentfs.daemon.main import MountError, daemonize_and_mount, run_mount
+    from agentfs.cli.mounting import clear_dead_mount, parse_options, wait_for_store
 
+    opts = parse_options(options)
+    if store and opts.store and store_url(store) != store_url(opts.store):
+        raise click.UsageError(f"--store {store} and -o store={opts.store} disagree")
+    debug = debug or opts.debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    url = store_url(store)
+    url = store_url(store or opts.store)
     if url.directory is None:
         raise click.ClickException(f"{url} cannot be mounted: a mount needs a store kept in "
                                    "a directory (lmdb:DIR)")
+    check_store_directory(url)
     directory = url.directory
+
+    def say(line: str) -> None:
+        click.echo(f"agentfs: {line}", err=True)
+
+    clear_dead_mount(mountpoint, say)
+    wait_for_store(directory, say)
+    where = os.path.abspath(mountpoint)
+    from agentfs.daemon.main import MountError, daemonize_and_mount, run_mount
+
     if not foreground:
-        sys.exit(daemonize_and_mount(mountpoint, directory, debug))
+        code = daemonize_and_mount(mountpoint, directory, debug, opts.fuse)
+        if code == 0:
+            click.echo(f"mounted {url} at {where}")
+        sys.exit(code)
+
+    def ready() -> None:
+        click.echo(f"mounted {url} at {where}")
+        sys.stdout.flush()
+
     try:
-        run_mount(mountpoint, directory, debug=debug)
+        run_mount(mountpoint, directory, ready, debug=debug, fuse_options=opts.fuse)
     except MountError as e:
         raise click.ClickException(str(e))
 
 
 @main.command()
-@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
+@click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--timeout", default=60.0, help="seconds to wait for the daemon to finish")
 def umount(mountpoint: str, timeout: float) -> None:
-    """Flush and unmount MOUNTPOINT; waits until the daemon has exited."""
+    """Flush and unmount MOUNTPOINT; waits until the daemon has exited.
+    A dead mount (its daemon killed) is detached."""
+    from agentfs.cli.mounting import detach, is_dead
+
     mnt = Path(os.path.abspath(mountpoint))
+    if is_dead(mnt):
+        detach(mnt)
+        click.echo(f"{mnt} was a dead mount (its daemon is gone); detached it")
+        return
+    if not os.path.isdir(mnt):
+        raise click.ClickException(f"{mountpoint} does not exist")
     if not is_mountpoint(str(mnt)):
         raise click.ClickException(f"{mountpoint} is not mounted")
     pid = 0
@@ -205,6 +243,8 @@ def fork(src: str, dst: str, epoch: int | None, mount_opt: str | None) -> None:
 
     A path that exists is taken as a directory unless it is an agent's directory;
     a bare name that is not a directory here is an agent's name."""
+    refuse_dead(src)
+    refuse_dead(dst)
     agent = fork_source_agent(src, mount_opt)
     if agent is None:
         if not os.path.exists(src):
@@ -214,6 +254,7 @@ def fork(src: str, dst: str, epoch: int | None, mount_opt: str | None) -> None:
         m = find_mount(src)
         args = [rel(m, src), rel(m, dst)] + ([str(epoch)] if epoch else [])
         control(m, "fork", *args)
+        click.echo(os.path.abspath(dst))
         return
     mount, name = agent
     new = dst
@@ -224,7 +265,8 @@ def fork(src: str, dst: str, epoch: int | None, mount_opt: str | None) -> None:
                                        "give DST as a name (or MOUNT/agents/NAME)")
         new = p.name
     with client_errors():
-        mount.agent(name).fork(new, epoch)
+        forked = mount.agent(name).fork(new, epoch)
+    click.echo(str(forked.path))
 
 
 def fork_source_agent(src: str, mount_opt: str | None) -> tuple[Any, str] | None:
@@ -253,7 +295,7 @@ def fork_source_agent(src: str, mount_opt: str | None) -> tuple[Any, str] | None
 
 
 @main.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("directory", type=ExistingDir())
 @click.argument("name")
 @click.option("--delete", is_flag=True, help="delete snapshot NAME instead")
 @click.option("--at", "epoch", type=int, default=None, help="snapshot a pinned epoch")
@@ -267,7 +309,7 @@ def snapshot(directory: str, name: str, delete: bool, epoch: int | None) -> None
 
 
 @main.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("directory", type=ExistingDir())
 @json_option("[{name, path}], by name")
 def snapshots(directory: str, as_json: bool) -> None:
     """List the snapshots of DIRECTORY."""
@@ -282,7 +324,7 @@ def snapshots(directory: str, as_json: bool) -> None:
 
 @main.command()
 @click.option("--store", default=None, help="store URL or directory (lmdb:DIR)")
-@click.option("--mount", "mountpoint", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--mount", "mountpoint", type=ExistingDir(), default=None,
               help="run gc inside the daemon serving this mount")
 @json_option("{views, versions, dropped_views}: what this run collected")
 def gc(store: str | None, mountpoint: str | None, as_json: bool) -> None:
@@ -331,6 +373,17 @@ def store_url(store: str | None) -> Any:
     try:
         return parse(store or default_store())
     except ValueError as e:
+        raise click.ClickException(str(e))
+
+
+def check_store_directory(url: Any) -> None:
+    """Refuse a --store directory that holds something else than a store."""
+    from agentfs.storage.engines import NotAStore
+    from agentfs.storage.engines import check_store_directory as check
+
+    try:
+        check(url)
+    except NotAStore as e:
         raise click.ClickException(str(e))
 
 

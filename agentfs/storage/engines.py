@@ -23,6 +23,15 @@ class StoreMissing(Exception):
     """`open_engine(..., create=False)` found no store at the URL."""
 
 
+class NotAStore(ValueError):
+    """A store would be made in a directory that already holds something else."""
+
+
+# What an LMDB store's directory holds: the environment, and beside it the
+# store lock and the daemon's log (both made before the environment is).
+LMDB_STORE_ENTRIES = {"lmdb", "agentfs.lock", "daemon.log"}
+
+
 @dataclass(frozen=True)
 class StoreURL:
     scheme: str
@@ -76,10 +85,31 @@ def open_engine(url: str | os.PathLike[str] | StoreURL, create: bool = True) -> 
     return _SCHEMES[u.scheme].opener(u, create)
 
 
+def check_store_directory(url: StoreURL) -> None:
+    """Refuse (NotAStore) to make a store in a directory that is neither empty
+    (or missing) nor a store already: a mistyped --store must not scatter a
+    store among someone's files."""
+    if url.directory is None:
+        return
+    d = url.directory
+    if d.exists() and not d.is_dir():
+        raise NotAStore(f"store {d} is not a directory")
+    if not d.is_dir() or (d / "lmdb" / "data.mdb").exists():
+        return
+    foreign = sorted(set(os.listdir(d)) - LMDB_STORE_ENTRIES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise NotAStore(f"{d} is not an agentfs store and is not empty (it holds {shown}); "
+                        "give an existing store, or an empty or missing directory to make "
+                        "one in")
+
+
 def _open_lmdb(url: StoreURL, create: bool) -> Engine:
     path = Path(url.location) / "lmdb"
     if not create and not (path / "data.mdb").exists():
         raise StoreMissing(f"no store at {url.location}")
+    check_store_directory(url)
     return LmdbEngine(path)
 
 

@@ -35,6 +35,35 @@ NOBODY = 65534
 BLOCK = 128 * 1024  # agentfs data block size: tests straddle it on purpose
 
 
+# What every agentfs mount's root holds from the start (the agent layer's
+# directory and its generated guide); tmpfs has neither.
+MOUNT_OWN = {"AGENTS.md", "agents"}
+
+
+def is_mount_root(path: str | os.PathLike[str]) -> bool:
+    return os.path.exists(os.path.join(path, ".agentfs"))
+
+
+def listdir(path: Any) -> list[Any]:
+    """os.listdir (str or bytes), without the mount's own entries at an
+    agentfs mount root: the names a test made, on agentfs as on tmpfs."""
+    return without_own(os.listdir(path), path)
+
+
+def without_own(names: list[Any], path: Any) -> list[Any]:
+    """`names` listed in directory `path`, less the mount's own entries if
+    `path` is an agentfs mount root."""
+    if not is_mount_root(os.fsdecode(path)):
+        return names
+    return [n for n in names if os.fsdecode(n) not in MOUNT_OWN]
+
+
+def own_subdirs(path: str | os.PathLike[str]) -> int:
+    """Subdirectories the mount made itself at `path` (agents/ at the root):
+    they count in its st_nlink."""
+    return int(is_mount_root(path) and os.path.isdir(os.path.join(path, "agents")))
+
+
 def errname(code: int | None) -> str:
     return errno.errorcode.get(code, str(code)) if code is not None else "None"
 

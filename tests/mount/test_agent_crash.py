@@ -156,7 +156,7 @@ def test_sigkill_during_agent_operations(mount, tmp_path: Path) -> None:
     print(f"AGENTFS_AGENT_CRASH_SEED={seed}")
     rng = random.Random(seed)
     mnt = mount.path
-    os.mkdir(mnt / "agents")
+    assert (mnt / "agents").is_dir()  # every mount has it
     settled: dict[str, dict | str] = {}
     stats = {"records": 0, "in_flight": 0}
     ops_in_flight: list[str] = []

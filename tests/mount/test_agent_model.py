@@ -183,7 +183,7 @@ class AgentMachine(RuleBasedStateMachine):
         self.mount = Mount(self.dir / "mnt", self.dir / "store")
         self.mount.start()
         self.mnt = self.mount.path
-        os.mkdir(self.mnt / "agents")
+        assert (self.mnt / "agents").is_dir()  # every mount has it
         self.model = Model()
         self.steps = 0
         self.restarts = 0

@@ -59,7 +59,7 @@ def session(seed: int, turns: int) -> tuple[list[bytes], dict[str, str]]:
 
 
 def test_fifty_turns_through_the_mount(mnt: Path) -> None:
-    (mnt / "agents").mkdir()
+    assert (mnt / "agents").is_dir()  # every mount has it
     a = mnt / "agents" / "coder"
     a.mkdir()
     system, prompt = "You port parsers.", "Port the parser."

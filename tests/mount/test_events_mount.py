@@ -102,7 +102,7 @@ def wait_for_lines(path: Path, n: int, timeout: float = 20) -> list[dict[str, An
 
 def test_tail_f_and_a_reconnecting_client_see_every_event_once(mount, tmp_path: Path) -> None:
     mnt = mount.path
-    os.mkdir(mnt / "agents")
+    os.makedirs(mnt / "agents", exist_ok=True)
     m = Mount(mnt)
     events = mnt.joinpath(*EVENTS)
     assert events.stat().st_size == 0
@@ -158,7 +158,7 @@ def test_tail_f_and_a_reconnecting_client_see_every_event_once(mount, tmp_path: 
 
 def test_reads_at_any_offset_and_tail_c(mount) -> None:
     mnt = mount.path
-    os.mkdir(mnt / "agents")
+    os.makedirs(mnt / "agents", exist_ok=True)
     m = Mount(mnt)
     a = m.spawn("a")
     for i in range(20):
@@ -183,7 +183,7 @@ def test_reads_at_any_offset_and_tail_c(mount) -> None:
 
 def test_reading_before_the_window_is_enodata_with_a_reason(mount) -> None:
     mnt = mount.path
-    os.mkdir(mnt / "agents")
+    os.makedirs(mnt / "agents", exist_ok=True)
     m = Mount(mnt)
     a = m.spawn("a")
     a.append(line("user", "one"))
@@ -215,7 +215,7 @@ def last_txnid(store: Path) -> int:
 
 def test_followers_cost_the_store_nothing_when_nothing_happens(mount, tmp_path: Path) -> None:
     mnt = mount.path
-    os.mkdir(mnt / "agents")
+    os.makedirs(mnt / "agents", exist_ok=True)
     m = Mount(mnt)
     m.spawn("a").append(line("user", "hello"))
     time.sleep(0.5)  # (let any background gc after the spawn settle)
@@ -298,7 +298,7 @@ def check_round(got: list[dict[str, Any]], journal: Path, where: str) -> int:
 @pytest.mark.slow
 def test_every_committed_operation_has_its_event_after_sigkill(mount, tmp_path: Path) -> None:
     mnt = mount.path
-    os.mkdir(mnt / "agents")
+    os.makedirs(mnt / "agents", exist_ok=True)
     rng = random.Random(12)
     total = 0
     for rnd in range(4):
@@ -332,7 +332,7 @@ def test_every_committed_operation_has_its_event_after_sigkill(mount, tmp_path: 
 
 def test_a_message_moved_out_of_the_inbox_is_consumed(mount) -> None:
     mnt = mount.path
-    os.mkdir(mnt / "agents")
+    os.makedirs(mnt / "agents", exist_ok=True)
     m = Mount(mnt)
     a = m.spawn("a")
     m.send("a", "one", name="m1")
@@ -349,7 +349,7 @@ def test_a_message_moved_out_of_the_inbox_is_consumed(mount) -> None:
 
 def test_agentfs_events_follow(mount) -> None:
     mnt = mount.path
-    os.mkdir(mnt / "agents")
+    os.makedirs(mnt / "agents", exist_ok=True)
     m = Mount(mnt)
     m.spawn("a")
     proc = subprocess.Popen([sys.executable, "-m", "agentfs.cli", "events", "--mount", str(mnt),

@@ -121,7 +121,7 @@ def test_refusals(mount: Mount, tmp_path: Path) -> None:
     refused(mount, f"import {src} file/dst", errno.ENOTDIR, "not a directory")
     refused(mount, f"import {src} {'x' * 300}", errno.ENAMETOOLONG, "limit is 255")
     refused(mount, f"import {src}", errno.EINVAL, "usage: import HOSTDIR DIR")
-    (mount.path / "agents").mkdir()
+    (mount.path / "agents").mkdir(exist_ok=True)
     (mount.path / "agents" / "alice").mkdir()
     refused(mount, f"import {src} agents/bob", errno.EINVAL, "rules of their own")
     refused(mount, f"import {src} agents/alice/inbox", errno.EINVAL, "rules of their own")

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from posix_util import raises_errno, umask, wait_clock_past, write_file
+from posix_util import listdir, raises_errno, umask, wait_clock_past, write_file
 
 OLD_NS = 1_000_000_000 * 10**9
 
@@ -126,7 +126,7 @@ def test_dotdot_is_parent(mnt: Path) -> None:
 def test_rmdir_empty(mnt: Path) -> None:
     os.mkdir(mnt / "d")
     os.rmdir(mnt / "d")
-    assert os.listdir(mnt) == []
+    assert listdir(mnt) == []
     with raises_errno(errno.ENOENT):
         os.stat(mnt / "d")
 
@@ -152,7 +152,7 @@ def test_rmdir_after_emptying(mnt: Path) -> None:
     for i in range(20):
         os.unlink(mnt / "d" / f"f{i}")
     os.rmdir(mnt / "d")
-    assert os.listdir(mnt) == []
+    assert listdir(mnt) == []
 
 
 def test_rmdir_file_enotdir(mnt: Path) -> None:
@@ -190,7 +190,7 @@ def test_rmdir_open_directory_then_fstat(mnt: Path) -> None:
             os.open("newfile", os.O_CREAT | os.O_WRONLY, dir_fd=fd)
     finally:
         os.close(fd)
-    assert os.listdir(mnt) == []
+    assert listdir(mnt) == []
 
 
 # --- unlink ----------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def test_rmdir_open_directory_then_fstat(mnt: Path) -> None:
 def test_unlink_file(mnt: Path) -> None:
     write_file(mnt / "f", b"x")
     os.unlink(mnt / "f")
-    assert os.listdir(mnt) == []
+    assert listdir(mnt) == []
 
 
 def test_unlink_directory_eisdir(mnt: Path) -> None:
@@ -224,7 +224,7 @@ def test_unlink_symlink_leaves_target(mnt: Path) -> None:
     write_file(mnt / "t", b"target")
     os.symlink("t", mnt / "l")
     os.unlink(mnt / "l")
-    assert os.listdir(mnt) == ["t"]
+    assert listdir(mnt) == ["t"]
 
 
 # --- parent directory timestamps ---------------------------------------------------------

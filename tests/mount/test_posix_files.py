@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from posix_util import (
     BLOCK,
+    listdir,
     opened,
     pattern,
     pread_all,
@@ -33,7 +34,7 @@ def test_create_excl_new_file(mnt: Path) -> None:
         st = os.fstat(fd)
     assert stat.S_ISREG(st.st_mode)
     assert st.st_size == 0
-    assert os.listdir(mnt) == ["f"]
+    assert listdir(mnt) == ["f"]
 
 
 def test_create_excl_existing_file_eexist(mnt: Path) -> None:
@@ -147,7 +148,7 @@ def test_open_missing_enoent(mnt: Path) -> None:
 def test_create_in_missing_parent_enoent(mnt: Path) -> None:
     with raises_errno(errno.ENOENT):
         os.open(mnt / "nodir" / "f", os.O_CREAT | os.O_WRONLY)
-    assert os.listdir(mnt) == []
+    assert listdir(mnt) == []
 
 
 def test_open_below_file_enotdir(mnt: Path) -> None:
@@ -171,7 +172,7 @@ def test_trailing_slash_on_file_enotdir(mnt: Path) -> None:
 def test_create_with_trailing_slash_eisdir(mnt: Path) -> None:
     with raises_errno(errno.EISDIR):
         os.open(str(mnt / "new") + "/", os.O_CREAT | os.O_WRONLY)
-    assert os.listdir(mnt) == []
+    assert listdir(mnt) == []
 
 
 def test_read_on_write_only_fd_ebadf(mnt: Path) -> None:
@@ -549,13 +550,13 @@ def test_unlinked_open_file_gone_from_directory(mnt: Path) -> None:
     write_file(mnt / "f", b"old")
     with opened(mnt / "f", os.O_RDONLY) as fd:
         os.unlink(mnt / "f")
-        assert os.listdir(mnt) == []
+        assert listdir(mnt) == []
         with raises_errno(errno.ENOENT):
             os.stat(mnt / "f")
         write_file(mnt / "f", b"new")  # the name is free for an unrelated file
         assert os.pread(fd, 10, 0) == b"old"
     assert read_file(mnt / "f") == b"new"
-    assert os.listdir(mnt) == ["f"]
+    assert listdir(mnt) == ["f"]
 
 
 def test_unlinked_open_file_survives_many_writes_after_close_of_other_fd(mnt: Path) -> None:
@@ -566,7 +567,7 @@ def test_unlinked_open_file_survives_many_writes_after_close_of_other_fd(mnt: Pa
         data = pattern(2 * BLOCK, seed=9)
         os.pwrite(keep, data, 0)
         assert pread_all(keep, len(data), 0) == data
-    assert os.listdir(mnt) == []
+    assert listdir(mnt) == []
 
 
 # --- fsync ------------------------------------------------------------------------------
@@ -624,7 +625,7 @@ def test_o_tmpfile_anonymous_then_linked(mnt: Path) -> None:
     try:
         os.write(fd, b"anon")
         assert os.fstat(fd).st_nlink == 0
-        assert os.listdir(mnt) == []
+        assert listdir(mnt) == []
         # dst_dir_fd makes CPython use linkat(AT_SYMLINK_FOLLOW) instead of link(2)
         with opened(mnt, os.O_RDONLY | os.O_DIRECTORY) as dfd:
             os.link(f"/proc/self/fd/{fd}", "named", dst_dir_fd=dfd)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from posix_util import (
     BLOCK,
+    listdir,
     opened,
     pattern,
     pread_all,
@@ -51,14 +52,14 @@ def test_statvfs_on_file_and_fd(mnt: Path) -> None:
 def test_name_of_255_bytes_ok(mnt: Path) -> None:
     name = "n" * 255
     write_file(mnt / name, b"ok")
-    assert os.listdir(mnt) == [name]
+    assert listdir(mnt) == [name]
     assert read_file(mnt / name) == b"ok"
 
 
 def test_multibyte_name_of_255_bytes_ok(mnt: Path) -> None:
     name = "\u20ac" * 85  # 3 bytes each: the limit is in bytes, not characters
     os.mkdir(mnt / name)
-    assert os.listdir(mnt) == [name]
+    assert listdir(mnt) == [name]
 
 
 @pytest.mark.parametrize("op", ["create", "mkdir", "symlink", "link", "rename", "mkfifo",
@@ -81,7 +82,7 @@ def test_name_of_256_bytes_enametoolong(mnt: Path, op: str) -> None:
             os.mkfifo(long)
         else:
             os.stat(long)
-    assert os.listdir(mnt) == ["src"]
+    assert listdir(mnt) == ["src"]
 
 
 def test_multibyte_name_over_255_bytes_enametoolong(mnt: Path) -> None:
@@ -137,7 +138,7 @@ def test_unix_socket_bind_creates_socket_file(mnt: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(str(mnt / "sock"))
         assert stat.S_ISSOCK(os.lstat(mnt / "sock").st_mode)
-        assert os.listdir(mnt) == ["sock"]
+        assert listdir(mnt) == ["sock"]
 
 
 def test_unix_socket_connect_through_mount(mnt: Path) -> None:

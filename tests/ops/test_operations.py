@@ -592,7 +592,7 @@ def test_root_snapshots(ops: Operations, readdir_recorder: None) -> None:
     create(ops, ROOT_INO, b"f", b"x")
     s = run(ops.mkdir, sd, b"whole", 0o755, CTX).st_ino
     names = sorted(n for n, _, _ in listdir(ops, s).entries)
-    assert names == [b".", b"..", b"f"]
+    assert names == [b".", b"..", b"agents", b"f"]  # agents/: made at mount
 
 
 def test_open_file_in_detached_fork(ops: Operations, fs: FileSystem) -> None:
