@@ -8,21 +8,22 @@ is its origin's up to the fork point, renders byte-identically there. Stubs
 name observations relative to the agent's directory for the same reason: a
 path with the agent's name in it would differ between forks.
 
-`Contexts` keeps one incremental `Renderer` per agent: each render reads
-only the transcript bytes appended since the last one, so the cost of a turn
-does not grow with the length of the conversation.
+`Contexts` renders with the agent layer's incremental `Renderer` of each
+agent (renderers.py), which every append feeds with its lines: a read
+catches it up only with the bytes appended since it was last fed (none,
+usually), so the cost of a turn does not grow with the length of the
+conversation, and each line is serialised and held once.
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 
 from agentfs.agents.inputs import OBSERVATION_BASE, Inputs
 from agentfs.agents.model import Agent, Agents, Role
-from agentfs.agents.render import CompactionState, Observation, Renderer, extract_observations
+from agentfs.agents.render import CompactionState, Observation
+from agentfs.agents.renderers import Fed
 from agentfs.errors import FsError
 
 __all__ = ["OBSERVATION_BASE", "Contexts", "Inputs", "agent_inputs", "recitation"]
@@ -76,72 +77,22 @@ def agent_inputs(agents: Agents, a: Agent) -> tuple[Inputs, list[dict[str, Any]]
 # ---------------------------------------------------------------- the cache
 
 
-@dataclass
-class _Incremental:
-    """What has been read of one agent's transcript, rendered incrementally."""
-
-    raw: tuple[bytes, bytes, bytes, bytes]  # system, tools, prompt, config as read
-    inputs: Inputs
-    renderer: Renderer
-    offset: int = 0  # transcript bytes consumed (always whole lines)
-    observations: list[Observation] = field(default_factory=list)
-    # The last body rendered and the recitation it was rendered with: a read of
-    # context.json is a lookup, a getattr or two (its size) and an open, which
-    # would otherwise render it about four times (bench: render was half of the
-    # daemon's samples at 1k turns).
-    last: tuple[str | None, bytes] | None = None
-
-    def catch_up(self, new: bytes) -> None:
-        """Append the whole lines at the start of `new`, the transcript from `offset`."""
-        end = new.rfind(b"\n") + 1  # lines are appended whole; never read half of one
-        threshold = self.inputs.policy.observation_threshold_bytes
-        for raw in new[:end].splitlines():
-            if raw:
-                line = json.loads(raw)
-                turn = self.renderer.append(line)
-                self.observations += extract_observations(turn, line, threshold)
-        if end:
-            self.last = None
-        self.offset += end
-
-    def body(self, todo: str | None) -> bytes:
-        if self.last is None or self.last[0] != todo:
-            self.last = (todo, self.renderer.render(todo) + b"\n")
-        return self.last[1]
-
-
 class Contexts:
-    """Incremental context.json and observations for every agent (a bounded cache)."""
+    """context.json and observations for every agent, from the renderers the
+    agent layer feeds at each append (agents.renderers, renderers.py): a read
+    catches one up with what was appended since it was last fed, if anything
+    (after a remount, a changed config or an eviction: from the start), and
+    reads only; the next append finds it in step and feeds only its lines."""
 
-    def __init__(self, agents: Agents, capacity: int = 64,
-                 max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, agents: Agents) -> None:
         self.agents = agents
-        self.capacity = capacity
-        self.max_bytes = max_bytes  # transcript bytes held (about twice that in memory)
-        self._cache: OrderedDict[int, _Incremental] = OrderedDict()
 
-    def _current(self, a: Agent) -> _Incremental:
+    def _current(self, a: Agent) -> Fed:
         """The agent's renderer, brought up to the end of its transcript."""
-        raw = _raw_inputs(self.agents, a)
         transcript = a.ino(Role.TRANSCRIPT)
-        size = _size(self.agents, transcript)
-        inc = self._cache.get(a.view)
-        if inc is None or inc.raw != raw or size < inc.offset:
-            inputs = Inputs.parse(*raw)
-            inc = _Incremental(raw, inputs, inputs.renderer())
-        self._keep(a.view, inc)
-        if size > inc.offset:
-            inc.catch_up(_read_range(self.agents, transcript, inc.offset, size - inc.offset))
-        return inc
-
-    def _keep(self, view: int, inc: _Incremental) -> None:
-        """Cache `inc` as the most recent, evicting the least recent over the limits."""
-        self._cache[view] = inc
-        self._cache.move_to_end(view)
-        while len(self._cache) > self.capacity or (
-                len(self._cache) > 1
-                and sum(x.offset for x in self._cache.values()) > self.max_bytes):
-            self._cache.popitem(last=False)
+        return self.agents.renderers.current(
+            a.view, _raw_inputs(self.agents, a), _size(self.agents, transcript),
+            lambda offset, n: _read_range(self.agents, transcript, offset, n))
 
     def render(self, a: Agent) -> bytes:
         """context.json: the body and a newline. Reads only."""
@@ -153,4 +104,4 @@ class Contexts:
 
     def observations(self, a: Agent) -> list[Observation]:
         """The agent's observations (bulky tool results), in transcript order."""
-        return self._current(a).observations
+        return self._current(a).renderer.observations

@@ -34,13 +34,16 @@ from agentfs.storage.kv import Txn
 KINDS = ("spawn", "fork", "turn", "message", "consumed", "status", "compaction", "remove",
          "detach")
 
+# json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+# without building an encoder per line (~1 us of an append's ~90 us).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
 
 def render(seq: int, time_ns: int, kind: str, agent: str, fields: dict[str, Any]) -> bytes:
     """The line of one event, byte-deterministic."""
     obj = {**fields, "seq": seq, "time": round(time_ns / 1e9, 3), "event": kind,
            "agent": agent}
-    return (json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            + "\n").encode()
+    return (_CANONICAL.encode(obj) + "\n").encode()
 
 
 Event = tuple[str, str, dict[str, Any]]  # kind, agent, fields
@@ -85,8 +88,7 @@ def check_line(line: eventlog.Line) -> str | None:
         return f"its line says seq {obj.get('seq')!r}"
     if obj.get("event") not in KINDS or not isinstance(obj.get("agent"), str):
         return f"event {obj.get('event')!r} of agent {obj.get('agent')!r} is of no known kind"
-    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    if line.data != (canonical + "\n").encode():
+    if line.data != (_CANONICAL.encode(obj) + "\n").encode():
         return "the line is not in canonical form"
     return None
 

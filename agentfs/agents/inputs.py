@@ -1,6 +1,6 @@
 """What an agent's context is rendered from, besides the transcript and the
 todo: its system prompt, tools, prompt and context policy, parsed and checked
-(context.py renders context.json from them, compaction.py finds the turns
+(context.py renders context.json from them, renderers.py finds the turns
 that become compaction points)."""
 
 from __future__ import annotations

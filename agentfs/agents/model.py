@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentfs.agents import events, history
-from agentfs.agents.compaction import CompactionPoints
 from agentfs.agents.render import (
     InvalidConfig,
     InvalidLine,
@@ -39,6 +38,7 @@ from agentfs.agents.render import (
     validate_line,
     validate_next,
 )
+from agentfs.agents.renderers import Fed, Renderers
 from agentfs.errors import FsError
 from agentfs.posix import logdata
 from agentfs.posix.fs import ROOT_INO, FileSystem, SetAttr, Tree
@@ -142,7 +142,7 @@ class Agents:
 
     def __init__(self, fs: FileSystem) -> None:
         self.fs = fs
-        self.compactions = CompactionPoints()
+        self.renderers = Renderers()  # context.json's and the compaction events'
 
     # ------------------------------------------------------------ records
 
@@ -336,7 +336,7 @@ class Agents:
                     a.turns += 1
                     history.record_turn(t, a.view, a.turns, tr.size)
                     prev = obj
-                points = self._compaction_points(t, a, tr.ino, size_before, lines, parsed)
+                points, fed = self._compaction_points(t, a, tr.ino, size_before, lines, parsed)
                 first = a.turns - len(lines) + 1
                 evs: list[events.Event] = []
                 for turn, line, obj in zip(range(first, a.turns + 1), lines, parsed, strict=True):
@@ -349,19 +349,23 @@ class Agents:
                         evs.append(("compaction", name, {"turn": turn}))
                 events.record_all(t, evs)
                 self._put(t, a)
-                return a.turns
+            if fed is not None:  # committed: the renderer is in step with the store
+                self.renderers.keep(a.view, fed)
+            return a.turns
         except InvalidLine as e:
             more = (f" (none of the {len(lines)} lines of this write was appended)"
                     if len(lines) > 1 else "")
             raise FsError(errno.EINVAL, f"agents/{name}/transcript: line refused: {e}{more}")
 
     def _compaction_points(self, t: Tree, a: Agent, transcript: int, size_before: int,
-                           lines: list[bytes], parsed: list[dict[str, Any]]) -> list[int]:
-        """The turns of these appended lines that became compaction points."""
+                           lines: list[bytes], parsed: list[dict[str, Any]]
+                           ) -> tuple[list[int], Fed | None]:
+        """The turns of these appended lines that became compaction points, and
+        the renderer fed with them (to cache once the append has committed)."""
         def read(ino: int, size: int | None = None) -> bytes:
             return t.read(ino, 0, t.attr(ino).size if size is None else size)[0]
 
-        return self.compactions.new_points(
+        return self.renderers.new_points(
             a.view,
             lambda: (read(a.ino(Role.SYSTEM)), read(a.ino(Role.TOOLS)),
                      read(a.ino(Role.PROMPT)), read(a.ino(Role.CONFIG))),
@@ -433,7 +437,7 @@ class Agents:
             history.begin(t, view, s.view, turns)
             events.record(t, "fork", sname, origin=s.name, turn=turns, parent=a.parent)
         if at_turn is None:
-            self.compactions.forked(s.view, a.view, size)
+            self.renderers.forked(s.view, a.view, size)
         return a
 
     def set_parent(self, name: str, parent: str) -> None:

@@ -836,6 +836,7 @@ class Renderer:
         self._lines: list[_Line] = [_Line(0, "user", [_prompt_block(prompt)], {})]
         self._msgs: list[tuple[str, list[_Line]]] = [("user", [self._lines[0]])]
         self._obs_turns: list[int] = []
+        self.observations: list[Observation] = []  # every line's, in order (observations/)
         self._state = CompactionState()
         self._run = bytearray()  # messages [0, _run_n) joined, under _run_state
         self._run_n = 0
@@ -849,6 +850,7 @@ class Renderer:
         new._lines = list(self._lines)
         new._msgs = [(role, list(entries)) for role, entries in self._msgs]
         new._obs_turns = list(self._obs_turns)
+        new.observations = list(self.observations)
         new._run = bytearray(self._run)
         new._bp_memo = dict(self._bp_memo)
         return new
@@ -867,13 +869,14 @@ class Renderer:
         turn = len(self._lines)
         role = line["role"]
         blocks = _normalise(line["content"])
+        found = _line_observations(turn, line, self.policy.observation_threshold_bytes)
         stubs = {j: _stub_block(blocks[j], o, text, self.agent_path, self.policy)
-                 for j, o, text in _line_observations(turn, line,
-                                                      self.policy.observation_threshold_bytes)}
+                 for j, o, text in found}
         entry = _Line(turn, role, blocks, stubs)
         self._lines.append(entry)
         if stubs:
             self._obs_turns.append(turn)
+            self.observations += [o for _, o, _ in found]
         if self._msgs[-1][0] == role:
             self._msgs[-1][1].append(entry)
         else:

@@ -15,6 +15,7 @@ from fsutil import put_file
 from agentfs.agents.context import OBSERVATION_BASE, Contexts, agent_inputs, recitation
 from agentfs.agents.model import Agent, Agents, Role
 from agentfs.agents.render import CompactionState, render, render_from_scratch
+from agentfs.agents.renderers import Renderers
 from agentfs.errors import FsError
 from agentfs.posix.fs import FileSystem
 
@@ -45,6 +46,18 @@ def session_line(rng: random.Random, turn: int) -> bytes:
     out = "".join(rng.choice("abcdefgh \n") for _ in range(size))
     return json.dumps({"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": f"t{turn - 1}", "content": out}]}).encode()
+
+
+def compacting(fs: FileSystem, turns: int) -> tuple[Agents, random.Random]:
+    """Agent `a` `turns` turns into a session that compacts (at turns 3, 7 and
+    9), and the random source of its next lines."""
+    agents = Agents(fs)
+    a = agents.spawn(b"a")
+    put_file(fs, a.root_ino, b"config", b"budget_tokens 20000\nkeep_recent_turns 1\n")
+    rng = random.Random(0)
+    for turn in range(1, turns + 1):
+        agents.append("a", session_line(rng, turn))
+    return agents, rng
 
 
 def test_incremental_equals_reference_over_a_session(fs: FileSystem) -> None:
@@ -83,7 +96,8 @@ def test_incremental_equals_reference_over_a_session(fs: FileSystem) -> None:
 def test_a_fork_at_a_turn_renders_its_own_history(fs: FileSystem,
                                                   limits: dict[str, int]) -> None:
     agents = Agents(fs)
-    contexts = Contexts(agents, **limits)
+    agents.renderers = Renderers(**limits)
+    contexts = Contexts(agents)
     a = agents.spawn(b"a")
     put_file(fs, a.root_ino, b"config", b"budget_tokens 20000\nkeep_recent_turns 1\n")
     rng = random.Random(0)  # compactions at turns 3, 7 and 9
@@ -129,7 +143,7 @@ def test_reading_stores_no_compaction_state(session: tuple[Agents, Contexts],
     assert len(contexts.compaction(a).points) >= 2
     assert fs.listxattr(a.root_ino) == []
     # a fresh cache (a remount) derives the same state from the same files
-    assert served(Contexts(agents), a) == served(contexts, a)
+    assert served(Contexts(Agents(fs)), a) == served(contexts, a)
 
 
 def test_reading_opens_no_write_transaction(session: tuple[Agents, Contexts],
@@ -146,7 +160,7 @@ def test_reading_opens_no_write_transaction(session: tuple[Agents, Contexts],
     monkeypatch.setattr(fs.store, "write", counted)
     a = agents.get("a")
     contexts.render(a)
-    Contexts(agents).render(a)
+    Contexts(Agents(fs)).render(a)  # (from scratch)
     contexts.observations(a)
     assert writes == []
 
@@ -161,3 +175,36 @@ def test_an_invalid_config_fails_the_read_with_its_reason(session: tuple[Agents,
     assert ei.value.errno == errno.EINVAL
     assert ei.value.message == "config: line 1: budget_tokens must be an integer >= 1, " \
         "not '2O000'"
+
+
+def test_one_renderer_per_agent_fed_each_line_once(fs: FileSystem,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """context.json reads the renderer the appends feed (renderers.py): a read
+    catches it up, the next append feeds only its own line; an append whose
+    transaction aborts feeds nothing that stays."""
+    agents, rng = compacting(fs, 4)
+    contexts = Contexts(agents)
+    a = agents.get("a")
+    assert served(contexts, a) == oracle(agents, a)
+    fed = agents.renderers._fed[a.view]
+    turn_lines = []
+    for turn in range(5, 9):
+        turn_lines.append(session_line(rng, turn))
+        agents.append("a", turn_lines[-1])
+        assert agents.renderers._fed[a.view] is fed  # the same renderer, fed by the append
+        assert fed.renderer.turns == agents.get("a").turns  # each line once
+        assert served(contexts, agents.get("a")) == oracle(agents, agents.get("a"))
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("the append fails after its lines were fed")
+
+    monkeypatch.setattr("agentfs.agents.events.record_all", fail)
+    with pytest.raises(RuntimeError):
+        agents.append("a", session_line(rng, 9))
+    monkeypatch.undo()
+    a = agents.get("a")
+    assert a.turns == 8 and a.view not in agents.renderers._fed  # dropped with the abort
+    assert served(contexts, a) == oracle(agents, a)  # (caught up from the store)
+    agents.append("a", session_line(random.Random(1), 9))
+    assert agents.renderers._fed[a.view].renderer.turns == 9
+    assert served(contexts, agents.get("a")) == oracle(agents, agents.get("a"))

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 from fsutil import put_file
-from test_contextfile import session_line
+from test_contextfile import compacting, session_line
 
 from agentfs.agents import events
-from agentfs.agents.compaction import CompactionPoints
 from agentfs.agents.context import Contexts
 from agentfs.agents.control import run_agent_command, run_command
 from agentfs.agents.inbox import consume_message, deliver_message, stage_message
 from agentfs.agents.model import Agents
+from agentfs.agents.renderers import Renderers
 from agentfs.errors import FsError
 from agentfs.posix.fs import FileSystem
 from agentfs.storage import eventlog
@@ -112,12 +112,13 @@ def test_compaction_points_are_events(fs: FileSystem) -> None:
     rng = random.Random(0)  # compactions at turns 3, 7 and 9 (test_contextfile.py)
     for turn in range(1, 7):
         if turn == 6:
-            agents.compactions = type(agents.compactions)()  # as after a remount
+            agents.renderers = Renderers()  # as after a remount
         agents.append("a", session_line(rng, turn))
     # Several lines in one write: each compaction right after its turn.
     agents.append_lines("a", [session_line(rng, turn) for turn in range(7, 11)])
     points = [e["turn"] for e in stream(fs) if e["event"] == "compaction"]
-    assert points == list(Contexts(agents).compaction(agents.get("a")).points) == [3, 7, 9]
+    fresh = Contexts(Agents(fs))  # a renderer of its own, fed from scratch at this read
+    assert points == list(fresh.compaction(agents.get("a")).points) == [3, 7, 9]
     # Each one comes right after the turn that made it.
     evs = [brief(e)[:1] + (e.get("turn"),) for e in stream(fs) if e["event"] != "spawn"]
     for point in points:
@@ -198,7 +199,7 @@ def test_compaction_events_with_a_small_watch_cache(fs: FileSystem,
     """Two agents appending in turn, with room for one renderer: each append
     catches up from the transcript, and the points are the same."""
     agents = Agents(fs)
-    agents.compactions = CompactionPoints(**limits)
+    agents.renderers = Renderers(**limits)
     for name in (b"a", b"b"):
         a = agents.spawn(name)
         put_file(fs, a.root_ino, b"config", b"budget_tokens 20000\nkeep_recent_turns 1\n")
@@ -214,14 +215,9 @@ def test_compaction_events_with_a_small_watch_cache(fs: FileSystem,
 def test_a_fork_starts_from_its_origins_compaction_watch(fs: FileSystem) -> None:
     """A fork now copies its origin's renderer (no catch-up at its first
     append); the two then go their own ways, each with its own points."""
-    agents = Agents(fs)
-    a = agents.spawn(b"a")
-    put_file(fs, a.root_ino, b"config", b"budget_tokens 20000\nkeep_recent_turns 1\n")
-    rng = random.Random(0)
-    for turn in range(1, 7):
-        agents.append("a", session_line(rng, turn))
+    agents, rng = compacting(fs, 6)
     agents.fork("a", b"f")
-    assert agents.get("f").view in agents.compactions._fed  # (copied, not caught up)
+    assert agents.get("f").view in agents.renderers._fed  # (copied, not caught up)
     other = random.Random(5)
     for turn in range(7, 15):
         agents.append("a", session_line(rng, turn))
