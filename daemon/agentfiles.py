@@ -28,7 +28,14 @@ import trio
 from agentfs.agents import inbox
 from agentfs.agents.context import Contexts
 from agentfs.agents.control import Result, run_agent_command
-from agentfs.agents.model import AGENTS_DIR, Agent, Agents, Role, refuse_change
+from agentfs.agents.model import (
+    AGENTS_DIR,
+    GUIDE_NAME,
+    Agent,
+    Agents,
+    Role,
+    refuse_change,
+)
 from agentfs.agents.render import Observation
 from agentfs.errors import FsError
 from agentfs.posix.fs import ROOT_INO, FileSystem, SetAttr
@@ -49,7 +56,6 @@ from .namespace import (
     virtual,
 )
 
-GUIDE_NAME = b"AGENTS.md"
 OBSERVATIONS = b"observations"
 FILES = {b"ctl": 1, b"errstr": 2, b"status": 3, b"context.json": 4, b"parent": 5,
          b"children": 6, OBSERVATIONS: 7}  # AGENT_FILE's `file` field

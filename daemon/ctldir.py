@@ -25,6 +25,7 @@ from agentfs.agents.control import run_command
 from agentfs.agents.model import Agents
 from agentfs.errors import FsError
 from agentfs.posix.fs import CTLDIR, ROOT_INO, FileSystem, SetAttr
+from agentfs.posix.ownmount import OwnMount
 from agentfs.storage import eventlog
 from agentfs.storage.codec import Attr
 
@@ -79,9 +80,10 @@ def events_size(fs: FileSystem) -> int:
 
 class ControlDir(Namespace):
     def __init__(self, fs: FileSystem, agents: Agents, errors: ErrorLog, effects: Effects,
-                 open_handles: Callable[[], int], served: Callable[[], int] = lambda: 0
-                 ) -> None:
+                 open_handles: Callable[[], int], served: Callable[[], int] = lambda: 0,
+                 mountpoint: str = "") -> None:
         self.fs = fs
+        self.mountpoint = mountpoint  # a real path, resolved before mounting
         self.agents = agents
         self.errors = errors
         self.effects = effects
@@ -112,7 +114,8 @@ class ControlDir(Namespace):
     def run(self, line: bytes, pid: int = 0) -> None:
         text = line.decode("utf-8", "replace")
         try:
-            result = run_command(self.agents, text)
+            # (The mount table is read per command: a bind mount may be new.)
+            result = run_command(self.agents, text, OwnMount.find(self.mountpoint))
             if result.job is not None:
                 job = self.imports.start(result.job, pid)
                 result.message = f"import {job.id} started"

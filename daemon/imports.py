@@ -29,7 +29,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -54,6 +54,9 @@ class Job:
     state: str = "running"  # running | done | failed
     outcome: str = ""
     cancelled_by: int = 0  # the pid that asked to stop it
+    # Around the host scan: import-cancel cancels it, and the scan's thread is
+    # abandoned (it stops at its next entry, never touching the store).
+    scan_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def line(self) -> str:
         w = self.work
@@ -90,11 +93,14 @@ class Imports:
                           "root or that user may ask for one, or stop one")
 
     def cancel(self, job_id: int, pid: int) -> None:
-        """Stop import `job_id` after its step in progress; it frees what it staged."""
+        """Stop import `job_id` after its step in progress (at once if it is
+        still scanning the host); it frees what it staged."""
         self.check_user(pid)
         for job in self.jobs:
             if job.id == job_id and job.state == "running":
                 job.cancelled_by = pid
+                job.work.stop.set()
+                job.scan_scope.cancel()
                 return
         raise FsError(errno.ENOENT, f"no import {job_id} is running")
 
@@ -113,14 +119,21 @@ class Imports:
     async def run(self, job: Job) -> None:
         w = job.work
         try:
-            await trio.to_thread.run_sync(w.scan)
+            # Abandoned when cancelled (import-cancel, unmount): the walk of a
+            # big host tree must not hold up either; `stop` ends the thread.
+            try:
+                with job.scan_scope:
+                    await trio.to_thread.run_sync(w.scan, abandon_on_cancel=True)
+            finally:
+                w.stop.set()  # (done, or abandoned: no more host walking)
+            if job.cancelled_by:
+                raise self.cancelled(job)
             start = trio.current_time()
             for p in w.steps():
                 await self.defer(trio.current_time() - start)
                 start = trio.current_time()
                 if job.cancelled_by and p.phase != "done":
-                    raise FsError(errno.ECANCELED, f"cancelled by pid {job.cancelled_by}; "
-                                  "nothing of the import is kept")
+                    raise self.cancelled(job)
         except Exception as e:  # noqa: BLE001 - a system task must not raise
             await self.failed(job, e)
             return
@@ -131,6 +144,11 @@ class Imports:
             changed = [(w.dest_ino, w.name, 0)]
         self.effects.done(Result(f"import {job.id} done", changed))
         log.info("import %d: %s", job.id, job.outcome)
+
+    @staticmethod
+    def cancelled(job: Job) -> FsError:
+        return FsError(errno.ECANCELED, f"cancelled by pid {job.cancelled_by}; nothing of "
+                       "the import is kept")
 
     async def defer(self, step: float) -> None:
         """Let the requests waiting behind a step in, and those that follow

@@ -127,7 +127,8 @@ class Operations(pyfuse3.Operations):
         self.agentfiles = AgentFiles(fs, agents, self.errors, self.effects, self.rules)
         self.snapshots = Snapshots(fs, agents, self.effects)
         self.ctldir = ControlDir(fs, agents, self.errors, self.effects,
-                                 lambda: len(self.handles), lambda: self.served)
+                                 lambda: len(self.handles), lambda: self.served,
+                                 self.rules.mountpoint)
         self.tree = StoredTree(fs, self.rules, self.agentfiles,
                                [self.agentfiles, self.snapshots, self.ctldir], self.effects)
         self.namespaces: dict[Kind, Namespace] = {

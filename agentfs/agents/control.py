@@ -40,10 +40,11 @@ import shlex
 from dataclasses import dataclass, field
 
 from agentfs.agents import events
-from agentfs.agents.model import AGENTS_DIR, STATUSES, Agent, Agents, Role
+from agentfs.agents.model import AGENTS_DIR, ROOT_NAMES, STATUSES, Agent, Agents, Role
 from agentfs.errors import FsError
 from agentfs.posix.fs import ROOT_INO
 from agentfs.posix.hostimport import HostImport
+from agentfs.posix.ownmount import OwnMount
 
 USAGE = {
     "fork": "fork SRC DST [EPOCH | at TURN]",
@@ -101,8 +102,9 @@ def _words(line: str) -> list[str]:
         raise FsError(errno.EINVAL, f"cannot parse {line!r}: {e}")
 
 
-def run_command(agents: Agents, line: str) -> Result:
-    """Execute one line of the mount's control file."""
+def run_command(agents: Agents, line: str, own: OwnMount | None = None) -> Result:
+    """Execute one line of the mount's control file (`own`: the daemon's own
+    mount, which an import may not read from)."""
     fs = agents.fs
     words = _words(line)
     if not words:
@@ -141,7 +143,7 @@ def run_command(agents: Agents, line: str) -> Result:
         return Result(f"events: keeping the newest {h.keep_events} events, at most "
                       f"{h.keep_bytes} bytes", gc_wanted=True)
     if cmd == "import":
-        return _import(agents, args[0], args[1])
+        return _import(agents, args[0], args[1], own)
     if cmd == "import-cancel":
         return Result(f"cancelling import {args[0]}", cancel_job=_number(args[0], "ID"))
     if cmd == "gc":
@@ -188,8 +190,8 @@ def _fork(agents: Agents, args: list[str]) -> Result:
                   (f" at turn {turn}" if turn is not None else ""), [(pino, name, 0)])
 
 
-def _import(agents: Agents, host: str, dest: str) -> Result:
-    job = HostImport(agents.fs, host, dest)
+def _import(agents: Agents, host: str, dest: str, own: OwnMount | None) -> Result:
+    job = HostImport(agents.fs, host, dest, own, ROOT_NAMES)
     job.check()
     # Where an import may put entries: plain directories, not those with rules
     # of their own (mkdir in agents/ spawns, a file in an inbox is a message).

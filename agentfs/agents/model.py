@@ -47,6 +47,13 @@ from agentfs.storage.codec import Attr, fuse_ino, split_ino
 from agentfs.storage.keys import attr_suffix
 
 AGENTS_DIR = b"agents"
+GUIDE_NAME = b"AGENTS.md"  # the guide for agents, served at the root while agents/ exists
+# Names at the mount root that are the agent layer's (why, for a refusal):
+ROOT_NAMES = {
+    AGENTS_DIR: "agents/ at the mount root is agentfs's (a directory made there spawns "
+                "an agent)",
+    GUIDE_NAME: "agentfs serves /AGENTS.md itself (the guide for agents)",
+}
 NAME_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STATUSES = ("idle", "running", "waiting", "done", "failed")
 

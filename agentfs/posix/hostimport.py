@@ -34,15 +34,17 @@ import errno
 import os
 import posixpath
 import stat
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from agentfs.errors import FsError
 from agentfs.posix.forks import Tree
-from agentfs.posix.fs import FileSystem
+from agentfs.posix.fs import ROOT_INO, FileSystem
 from agentfs.posix.inodes import BLOCK_SIZE, SNAPDIR, XATTR_NAMESPACES, check_name
+from agentfs.posix.ownmount import OwnMount
 from agentfs.storage.codec import Attr, fuse_ino, split_ino
 from agentfs.storage.kv import NoSpace
 
@@ -100,11 +102,21 @@ class Progress:
 
 class HostImport:
     """One import of host directory `host` into path `dest` of the store
-    (relative to its root). Nothing is written before `steps()`."""
+    (relative to its root). Nothing is written before `steps()`.
 
-    def __init__(self, fs: FileSystem, host: str, dest: str) -> None:
+    `own`: the daemon's own mount, which HOSTDIR may not be in or lead into
+    (agentfs.posix.ownmount). `root_reserved`: names the layers above keep at
+    the store's root (name -> why), which the import may not create there.
+    `stop`, once set, ends a scan in progress (cancel, unmount)."""
+
+    def __init__(self, fs: FileSystem, host: str, dest: str, own: OwnMount | None = None,
+                 root_reserved: Mapping[bytes, str] | None = None) -> None:
         self.fs = fs
         self.host = host
+        self.root = os.fsencode(host)  # HOSTDIR with its symlinks resolved (check())
+        self.own = own or OwnMount()
+        self.root_reserved = dict(root_reserved or {})
+        self.stop = threading.Event()
         self.dest = "/" + posixpath.normpath("/" + dest).lstrip("/")
         self.keep_owner = os.geteuid() == 0
         self.progress = Progress()
@@ -128,8 +140,11 @@ class HostImport:
         if not os.path.isabs(self.host):
             raise FsError(errno.EINVAL, f"HOSTDIR must be an absolute path, not {self.host!r} "
                           "(the daemon does not share your working directory)")
+        # Resolved here, component by component: an lstat inside this mount
+        # would be a request to this very thread, blocked in the lstat.
+        self.root = self.own.resolve(self.host)
         try:
-            st = os.stat(self.host)
+            st = os.stat(self.root)
         except FileNotFoundError:
             raise FsError(errno.ENOENT, f"{self.host}: no such directory on the host")
         except OSError as e:
@@ -150,6 +165,7 @@ class HostImport:
         if found is None:
             check_name(name)
             t.check_reserved(pino, name)
+            self._check_root_name(pino, name)
             self.dest_ino, self.name = pino, name
         else:
             if not t.attr(found).is_dir:
@@ -164,15 +180,23 @@ class HostImport:
         """EEXIST now for a name of HOSTDIR that DIR already has (the last step
         looks again: one may be made meanwhile)."""
         try:
-            names = os.listdir(os.fsencode(self.host))
+            names = os.listdir(self.root)
         except OSError as e:
             raise FsError(e.errno or errno.EIO, f"{self.host}: cannot read the directory "
                           f"({e.strerror})")
         for name in names:
             t.check_reserved(self.dest_ino, name)
+            self._check_root_name(self.dest_ino, name)
             if t.entry(self.dest_ino, name) is not None:
                 raise FsError(errno.EEXIST, f"{self._in_dest(name)} exists; nothing was "
                               "imported")
+
+    def _check_root_name(self, dir_ino: int, name: bytes) -> None:
+        """EINVAL for a name the layers above keep at the root (AGENTS.md, agents)."""
+        if dir_ino == ROOT_INO and name in self.root_reserved:
+            raise FsError(errno.EINVAL, f"cannot import /{os.fsdecode(name)}: "
+                          f"{self.root_reserved[name]}; import into a directory below the "
+                          "mount root")
 
     def _in_dest(self, name: bytes) -> str:
         return posixpath.join(self.dest, os.fsdecode(name))
@@ -180,17 +204,26 @@ class HostImport:
     # ------------------------------------------------------------ 2. the host tree
 
     def scan(self) -> Plan:
-        """Walk the host tree (no store access: safe in another thread)."""
+        """Walk the host tree (no store access: safe in another thread, which
+        may be abandoned: it ends with FsError(ECANCELED) once `stop` is set).
+        Other filesystems mounted below HOSTDIR are walked, as `cp -a` does;
+        this mount, seen through a bind mount there, is refused (the daemon's
+        own reads of it, in the steps, would deadlock it)."""
         self.progress.phase = "scanning"
         plan = Plan()
-        root = os.fsencode(self.host)
-        plan.entries.append(host_entry(-1, b"", root, os.stat(root)))
+        root = self.root
+        st = os.stat(root)
+        self._check_device(root, st)
+        plan.entries.append(host_entry(-1, b"", root, st))
         links: dict[tuple[int, int], int] = {}  # host (dev, ino) -> entry carrying it
         i = 0
         while i < len(plan.entries):
             _, _, dpath, _, dst = plan.entries[i]
             if stat.S_ISDIR(dst[MODE]):
+                self._check_stop()
                 for name, path, st in self._listing(dpath):
+                    self._check_stop()
+                    self._check_device(path, st)
                     if stat.S_IFMT(st.st_mode) in DEVICES:
                         plan.skipped.append(f"{os.fsdecode(path)} ({describe(st.st_mode)})")
                         continue
@@ -206,9 +239,19 @@ class HostImport:
                     self.progress.scanned = len(plan.entries) - 1
             i += 1
         plan.files = len(plan.entries) - 1
+        self._check_stop()  # (an abandoned scan leaves nothing behind)
         self.plan = plan
         self.progress.files_total, self.progress.bytes_total = plan.files, plan.bytes
         return plan
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise FsError(errno.ECANCELED, "stopped during the scan of the host tree; "
+                          "nothing of the import is kept")
+
+    def _check_device(self, path: bytes, st: os.stat_result) -> None:
+        if st.st_dev in self.own.devices:
+            raise self.own.refuse(os.fsdecode(path), self.own.mountpoint)
 
     @staticmethod
     def _listing(path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
@@ -458,6 +501,7 @@ class HostImport:
             moved = t.readdir(self.staged, 0, 1 << 62)
             for ent in moved:
                 t.check_reserved(self.dest_ino, ent.name)
+                self._check_root_name(self.dest_ino, ent.name)
                 if t.entry(self.dest_ino, ent.name) is not None:
                     raise FsError(errno.EEXIST, f"{self._in_dest(ent.name)} exists (made "
                                   "during the import); nothing was imported")

@@ -262,3 +262,30 @@ def test_a_file_that_changed_after_the_scan(fs: FileSystem, tmp_path: Path,
         pass
     assert content(fs, fs.path_ino("dst/grows")) == grown
     assert content(fs, fs.path_ino("dst/shrinks")) == b"c" * 10
+
+
+def test_names_the_layers_above_keep_at_the_root(fs: FileSystem, tmp_path: Path) -> None:
+    """`root_reserved` (AGENTS.md, agents: agentfs.agents.model.ROOT_NAMES):
+    neither merged into the root nor DIR's name there; fine elsewhere."""
+    reserved = {b"AGENTS.md": "the guide is agentfs's"}
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "AGENTS.md").write_text("mine")
+    for dest in ("/", "AGENTS.md"):
+        with raises(errno.EINVAL) as info:
+            HostImport(fs, str(src), dest, root_reserved=reserved).run()
+        assert "cannot import /AGENTS.md: the guide is agentfs's" in info.value.message
+    assert names(fs, ROOT_INO) == []
+    HostImport(fs, str(src), "sub", root_reserved=reserved).run()
+    assert names(fs, fs.path_ino("/sub")) == [b"AGENTS.md"]
+
+
+def test_a_stopped_scan_ends_and_keeps_nothing(fs: FileSystem, tmp_path: Path) -> None:
+    src = host_tree(tmp_path, files=10)
+    job = HostImport(fs, str(src), "dst")
+    job.check()
+    job.stop.set()
+    with raises(errno.ECANCELED):
+        job.scan()
+    assert job.plan.entries == []
+    assert names(fs, ROOT_INO) == []
