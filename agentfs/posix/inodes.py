@@ -113,9 +113,12 @@ class Inodes:
 
     def attr(self, ino: int) -> Attr:
         view, local = split_ino(ino)
-        if self.tx.view(view).kind == "dead":
+        v = self.tx.view(view)
+        if v.kind == "dead":
             raise FsError(errno.ESTALE, "this fork or snapshot has been removed")
-        raw = self.tx.get(view, attr_suffix(local))
+        raw = self.copy_root_attr(view) if v.readonly and local == v.root else None
+        if raw is None:
+            raw = self.tx.get(view, attr_suffix(local))
         if raw is None:
             raise FsError(errno.ENOENT, f"inode {ino} does not exist")
         return Attr.decode(raw, ino)
@@ -196,6 +199,15 @@ class Inodes:
             self.tx.txn.put(keys.record_version(nv.id, attr_suffix(w.root), self.tx.store.epoch),
                             root.encode())
         return nv.id
+
+    def copy_root_attr(self, view: int) -> bytes | None:
+        """The root attributes a read-only nested copy keeps in its own layer
+        (nested_copy points them at the parent inside the copying view), or
+        None. Reads of a read-only view skip its own layer, which holds nothing
+        else: without this, `..` of a snapshot's nested fork would lead into the
+        live tree, and fail once that tree is removed."""
+        v = self.tx.view(view)
+        return next((val for _, val in self.tx.own_versions(view, attr_suffix(v.root))), None)
 
     @staticmethod
     def parent_ino(a: Attr) -> int:

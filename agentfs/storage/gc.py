@@ -163,7 +163,20 @@ def _drop_view(tx: Tx, vid: int) -> None:
     for collection in turn)."""
     # Its turn pins too: the turn records they serve go with the view.
     tx.release_holder(keys.view_holder(vid), keys.turn_holder(vid))
+    _forget_as_copy(tx, vid)
     for prefix in keys.VIEW_SCOPED:
         for k, _ in list(tx.txn.scan(*keys.span(prefix.of_view(vid)))):
             tx.txn.delete(k)
     tx.store._views.pop(vid, None)
+
+
+def _forget_as_copy(tx: Tx, vid: int) -> None:
+    """If `vid` is its container's lazily made copy of a nested view, drop the
+    container's `m` key naming it. The container may outlive it (a dead view
+    still pinned by a snapshot), and reads through that container as an origin
+    look the key up: a key naming a dropped view would fail them (ESTALE, an
+    entry missing from the snapshot), where no key means "not copied yet"."""
+    container = tx.view(vid).container
+    for k, raw in list(tx.txn.scan(*keys.span(keys.nested_copy_prefix(container)))):
+        if keys.read_u32(raw) == vid:
+            tx.txn.delete(k)

@@ -294,6 +294,10 @@ def parse_contained(key: bytes) -> tuple[int, int]:
     return read_u32(key, 1), read_u32(key, 5)
 
 
+def nested_copy_prefix(view: int) -> bytes:
+    return NESTED_COPY.of_view(view)
+
+
 def nested_copy(view: int, inner: int) -> bytes:
     return NESTED_COPY.of_view(view) + u32(inner)
 

@@ -788,3 +788,22 @@ def test_fork_snapshot_isolation(mount) -> None:
         lambda: ForkSnapshotModel(mount),
         settings=settings(SETTINGS, max_examples=max(10, EXAMPLES // 2)),
     )
+
+
+@pytest.mark.agentfs_only
+def test_snapshot_of_nested_forks_survives_their_removal(mount) -> None:
+    """Found by test_fork_snapshot_isolation: t0 holds fork n2 of itself and
+    fork n2/n3 of itself (so n2/n3/n2 too); snapshot s4 of t0, then rm -rf
+    t0/n2. Reading s4 must still show n2/n3/n2: `..` of s4/n2/n3 led into the
+    removed live n2 (readdir failed with ESTALE, and os.walk skipped it)."""
+    m = ForkSnapshotModel(mount)
+    m.fork(i=0, j=None, via_ctl=False)  # t1, top level
+    m.fork(i=0, j=0, via_ctl=False)  # t0/n2
+    m.fork(i=0, j=8, via_ctl=False)  # t0/n2/n3 (tree 8 % 3 == 2 is n2)
+    m.snapshot(i=0, via_cli=False)  # t0/.snapshots/s4
+    m.check_all()
+    m.remove_fork(i=1)  # rm -rf t0/n2
+    for s in m.snaps:
+        m.check_snap(s)
+    m.check_all()
+    m.teardown()

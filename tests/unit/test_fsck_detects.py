@@ -188,6 +188,17 @@ def _ghost_agent(w: World, txn: Txn) -> None:
     txn.put(keys.agent_of_view(w.inner_view), b"ghost")
 
 
+def _dead_view_naming_a_dropped_copy(w: World, txn: Txn) -> None:
+    """A dead view (kept by a pin) whose m key outlived the copy it names."""
+    raw = txn.get(keys.view_def(w.fork_view))
+    assert raw is not None
+    dead = ViewDef.decode(w.fork_view, raw)
+    dead.kind = "dead"
+    txn.put(keys.view_def(w.fork_view), dead.encode())
+    txn.put(keys.pin(w.fork_view, 1, keys.view_holder(ROOT_VIEW)), b"")
+    txn.put(_nested_copy_key(w), keys.u32(MISSING))
+
+
 # what -> (damage, the complaint fsck must make; {w} is the World)
 DAMAGE: dict[str, tuple[Callable[[World, Txn], None], str]] = {
     "unknown prefix": (lambda w, t: t.put(b"Zjunk", b""),
@@ -218,6 +229,9 @@ DAMAGE: dict[str, tuple[Callable[[World, Txn], None], str]] = {
                                 "view {w.fork_view}: its container 1 does not list it"),
     "dangling m": (lambda w, t: t.put(_nested_copy_key(w), keys.u32(MISSING)),
                    "view {w.fork_view}'s copy of nested view {w.inner_view} names missing view 999"),
+    "dangling m of a dead view": (_dead_view_naming_a_dropped_copy,
+                                  "view {w.fork_view}'s copy of nested view {w.inner_view} "
+                                  "names missing view 999"),
     "m of a missing view": (lambda w, t: t.put(keys.nested_copy(w.fork_view, MISSING),
                                                keys.u32(w.inner_view)),
                             "view {w.fork_view}'s copy of nested view 999: view 999 is missing"),

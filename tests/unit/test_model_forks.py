@@ -318,6 +318,69 @@ def test_snapshot_keeps_nested_copies_whose_sources_are_deleted(fs: FileSystem) 
     assert dead_views(fs) == []  # once the snapshot is gone, so is everything it kept
 
 
+def _nested_forks_and_snapshot(fs: FileSystem, read_first: bool) -> tuple[int, int]:
+    """/t0 with fork n2 of itself, and fork n2/n3 of t0 (holding its own copy
+    n2/n3/n2 of n2), snapshot s4 of t0: (t0, the snapshot's root). With
+    `read_first`, the live copies are made before the snapshot (as the mount's
+    checks do), else after it."""
+    t0 = mkdir(fs, ROOT_INO, b"t0").ino
+    fs.fork(t0, ROOT_INO, b"t1")
+    fs.fork(t0, t0, b"n2")
+    fs.fork(t0, fs.lookup(t0, b"n2").ino, b"n3")
+    if read_first:
+        tree(fs, t0)
+    snap = fs.snapshot(t0, b"s4").ino
+    assert tree(fs, snap) == {"n2": {"n3": {"n2": {}}}}
+    if not read_first:
+        tree(fs, t0)
+    return t0, snap
+
+
+def _rm_rf_n2(fs: FileSystem, t0: int) -> None:
+    """rm -rf t0/n2, as the kernel does it: rmdir deepest first, then forget."""
+    chain = [(t0, b"n2")]  # (parent, name) from the top down
+    for name in (b"n3", b"n2"):
+        chain.append((fs.lookup(*chain[-1]).ino, name))
+    removed = [fs.lookup(*where).ino for where in reversed(chain)]
+    for where in reversed(chain):
+        fs.rmdir(*where)
+    for ino in removed:
+        fs.forget(ino)
+
+
+@pytest.mark.parametrize("read_first", [False, True], ids=["copied-after", "copied-before"])
+def test_snapshot_survives_removing_a_nested_fork_and_gc(fs: FileSystem,
+                                                         read_first: bool) -> None:
+    """Found by the mount's fork/snapshot state machine. Copied after the
+    snapshot, the live n2/n3/n2 is a nested copy the snapshot does not pin:
+    gc drops it once n2 is removed, and the `m` key of its (dead, still
+    pinned) container n2/n3 must go with it, or reading the snapshot through
+    that container fails with ESTALE."""
+    t0, snap = _nested_forks_and_snapshot(fs, read_first)
+    _rm_rf_n2(fs, t0)
+    collect(fs.store)
+    assert tree(fs, snap) == {"n2": {"n3": {"n2": {}}}}
+    assert check_store(fs.store.engine).problems == []
+
+
+def test_dotdot_in_a_snapshots_nested_fork_stays_in_the_snapshot(fs: FileSystem) -> None:
+    """Found by the mount's fork/snapshot state machine: `..` of a nested fork
+    inside a snapshot led into the live tree (the read-only copy's own root
+    attributes, pointing at its parent in the snapshot, were never read), so
+    once the live fork was removed, readdir of t0/.snapshots/s4/n2/n3 (which
+    lists `..`) failed with ESTALE."""
+    t0, snap = _nested_forks_and_snapshot(fs, read_first=True)
+    path = "t0/.snapshots/s4"
+    for sub in ("n2", "n2/n3", "n2/n3/n2"):
+        up = f"{path}/{sub}".rsplit("/", 1)[0]
+        assert fs.path_ino(f"{path}/{sub}/..") == fs.path_ino(up), sub
+    _rm_rf_n2(fs, t0)
+    collect(fs.store)
+    for sub in ("n2", "n2/n3", "n2/n3/n2"):
+        fs.getattr(fs.parent_of(fs.getattr(fs.path_ino(f"{path}/{sub}"))))
+    assert fs.path_ino(f"{path}/n2/..") == snap
+
+
 def flatten(t: dict[str, object], prefix: str = "") -> set[str]:
     out = set()
     for k, v in t.items():
